@@ -1,0 +1,1 @@
+"""Evaluation: Frechet distances (FVD, FID), feature networks, the harness and reports."""
