@@ -42,15 +42,30 @@ def _cosine_bounds(logsnr_min: float, logsnr_max: float) -> tuple[float, float]:
 
 
 def _cosine(t: Array, logsnr_min: float, logsnr_max: float) -> Array:
+    # λ = −2 log tan(u), u = t_min + t Δ. Near u = π/2 float32 cannot resolve π/2 − u, so that half
+    # uses the complementary angle w = π/2 − u = s_min + (1 − t) Δ, s_min = atan(exp(λ_min / 2)),
+    # and tan(u) = 1 / tan(w): both ends then reach their bounds to float32 precision.
     t_min, t_max = _cosine_bounds(logsnr_min, logsnr_max)
-    return -2.0 * jnp.log(jnp.tan(t_min + t * (t_max - t_min)))
+    delta = t_max - t_min
+    s_min = math.atan(math.exp(0.5 * logsnr_min))
+    u = t_min + t * delta
+    w = s_min + (1.0 - t) * delta
+    first_half = u <= math.pi / 4
+    return jnp.where(
+        first_half,
+        -2.0 * jnp.log(jnp.tan(jnp.where(first_half, u, math.pi / 4))),
+        2.0 * jnp.log(jnp.tan(jnp.where(first_half, math.pi / 4, w))),
+    )
 
 
 def _cosine_dt(t: Array, logsnr_min: float, logsnr_max: float) -> Array:
-    # d/dt [−2 log tan(u)] with u = t_min + t Δ:  −2 Δ / (sin u cos u) = −4 Δ / sin(2u).
+    # d/dt [−2 log tan(u)] with u = t_min + t Δ:  −2 Δ / (sin u cos u) = −4 Δ / sin(2u),
+    # and sin(2u) = sin(2w) for the complementary angle, which is the accurate one near π/2.
     t_min, t_max = _cosine_bounds(logsnr_min, logsnr_max)
     delta = t_max - t_min
-    return -4.0 * delta / jnp.sin(2.0 * (t_min + t * delta))
+    s_min = math.atan(math.exp(0.5 * logsnr_min))
+    angle = jnp.minimum(t_min + t * delta, s_min + (1.0 - t) * delta)
+    return -4.0 * delta / jnp.sin(2.0 * angle)
 
 
 def _shift(image_d: float, noise_d: float) -> float:
