@@ -1,0 +1,435 @@
+"""Kinetics600: the folder index, clip sampling and decord decoding.
+
+Layout read (what the public Kinetics downloaders produce):
+
+    <root>/{train,val,test}/<label>/<youtube_id>_<start:06d>_<end:06d>.mp4
+    <root>/annotations/*.csv  (or <root>/*.csv)    label,youtube_id,time_start,time_end,split
+
+Files may also lie directly in `<root>/<split>/` (no label folders); the label then comes from the
+CSVs. Class ids are positions in the sorted list of CSV label names (the folder names when there
+is no CSV); a video with no known label gets -1.
+
+The index opens every video once (frame count, frame rate, size, and a decode of the first frame)
+and is cached as JSON, keyed by a fingerprint of every file's path, size and modification time,
+so adding, removing or touching a file rebuilds it. Files that cannot be opened are recorded in
+the index with the reason; videos too short for the requested clip are skipped when the index is
+used. Each skipped file is logged once per process.
+
+A clip is `num_frames` frames `frame_stride` apart. Training takes a random start, a random crop
+after resizing the short side, and a random horizontal flip; evaluation takes the centred clip
+and the centre crop. Clips come out as uint8 `[T, H, W, 3]`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from sid2video.data import video_io
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 1
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+_KEY_RE = re.compile(r"^(?P<youtube_id>.+)_(?P<start>\d{6})_(?P<end>\d{6})$")
+
+# Skipped files already logged in this process (a file is logged once, however often indexed).
+_LOGGED: set[str] = set()
+
+
+def log_skip_once(what: str, reason: str) -> bool:
+    """Logs `what` as skipped with `reason` the first time this process sees it."""
+    if what in _LOGGED:
+        return False
+    _LOGGED.add(what)
+    log.warning("skipping %s: %s", what, reason)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Clips
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    """`num_frames` frames, `frame_stride` apart: a clip spans `(num_frames - 1) * stride + 1` frames."""
+
+    num_frames: int = 16
+    frame_stride: int = 1
+
+    def __post_init__(self):
+        if self.num_frames < 1:
+            raise ValueError(f"data.num_frames must be >= 1, got {self.num_frames}")
+        if self.frame_stride < 1:
+            raise ValueError(f"data.frame_stride must be >= 1, got {self.frame_stride}")
+
+    @property
+    def span(self) -> int:
+        return (self.num_frames - 1) * self.frame_stride + 1
+
+    def indices(self, start: int) -> list[int]:
+        return [start + i * self.frame_stride for i in range(self.num_frames)]
+
+    def start(self, video_frames: int, rng: np.random.Generator | None) -> int:
+        """A uniformly random start (rng given) or the centred start (rng None)."""
+        room = video_frames - self.span
+        if room < 0:
+            raise ValueError(f"a video of {video_frames} frames is shorter than a clip of {self.span}")
+        return int(rng.integers(0, room + 1)) if rng is not None else room // 2
+
+
+def as_size(resolution: int | Sequence[int]) -> tuple[int, int]:
+    """`resolution` (an int for square frames, or (height, width)) as (height, width)."""
+    if isinstance(resolution, (int, np.integer)):
+        return int(resolution), int(resolution)
+    h, w = (int(v) for v in resolution)
+    return h, w
+
+
+def crop_flip(frames: np.ndarray, size: tuple[int, int], rng: np.random.Generator | None) -> np.ndarray:
+    """Crops `[T, H, W, C]` frames to `size`: random offsets and a coin-flip mirror with an rng,
+    the centre crop without."""
+    th, tw = size
+    h, w = frames.shape[1:3]
+    if h < th or w < tw:
+        raise ValueError(f"frames {h}x{w} are smaller than the crop {th}x{tw}")
+    if rng is not None:
+        y = int(rng.integers(0, h - th + 1))
+        x = int(rng.integers(0, w - tw + 1))
+        flip = bool(rng.random() < 0.5)
+    else:
+        y, x, flip = (h - th) // 2, (w - tw) // 2, False
+    out = frames[:, y : y + th, x : x + tw]
+    if flip:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipDecoder:
+    """Turns an index record into a training/eval example, inside grain's worker processes.
+
+    A record holds either `path` (a file) or `video` (MP4 bytes from a prepared dataset) and the
+    probed `num_frames`, `height`, `width`. The result is {"video": uint8 [T, H, W, 3],
+    "label": int32} (evaluation adds "index", the record's position in the source, and "start",
+    the clip's first frame in the video), or {"_skip": "<key>: <reason>"} when the file cannot be
+    decoded, so that the batching step can drop it and report it (see pipeline.py).
+    """
+
+    spec: ClipSpec
+    size: tuple[int, int]
+    train: bool
+    decode_threads: int = 1
+
+    def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict:
+        key = str(record.get("key", record.get("path", "?")))
+        try:
+            video, start = self.decode(record, rng)
+        except (video_io.VideoReadError, ValueError) as err:
+            return {"_skip": f"{key}: {err}"}
+        out = {"video": video, "label": np.int32(record.get("label", -1))}
+        if not self.train:  # evaluation: which clip this is (for ground truth and reports)
+            out["index"] = np.int32(record.get("index", -1))
+            out["start"] = np.int32(start)
+        return out
+
+    def decode(self, record: Mapping[str, Any], rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+        """(clip uint8 [T, H, W, 3], index of its first frame in the video)."""
+        rng = rng if self.train else None
+        source = record["video"] if "video" in record else record["path"]
+        start = self.spec.start(int(record["num_frames"]), rng)
+        h, w = int(record["height"]), int(record["width"])
+        resized = video_io.short_side_size(h, w, self.size)
+        frames = video_io.read_frames(
+            source,
+            self.spec.indices(start),
+            size=None if resized == (h, w) else resized,
+            num_threads=self.decode_threads,
+        )
+        return crop_flip(frames, self.size, rng), start
+
+
+# --------------------------------------------------------------------------------------------
+# Annotations and labels
+
+
+def parse_key(stem: str) -> tuple[str, int, int] | None:
+    """`<youtube_id>_<start:06d>_<end:06d>` -> (youtube_id, start, end), or None."""
+    m = _KEY_RE.match(stem)
+    if not m:
+        return None
+    return m["youtube_id"], int(m["start"]), int(m["end"])
+
+
+def normalize_label(name: str) -> str:
+    """Label names as compared: folder names may use '_' where the CSVs use spaces."""
+    return " ".join(name.replace("_", " ").strip().strip('"').split()).lower()
+
+
+def annotation_files(root: pathlib.Path) -> list[pathlib.Path]:
+    files = sorted((root / "annotations").glob("*.csv")) if (root / "annotations").is_dir() else []
+    return files + sorted(root.glob("*.csv"))
+
+
+def read_annotations(root: pathlib.Path) -> tuple[list[str], dict[str, str]]:
+    """(sorted class names, {video key: label name}) from every annotation CSV under `root`."""
+    names: set[str] = set()
+    labels: dict[str, str] = {}
+    for path in annotation_files(root):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "youtube_id" not in reader.fieldnames:
+                continue
+            for row in reader:
+                label = (row.get("label") or "").strip()
+                if not label:
+                    continue
+                names.add(label)
+                try:
+                    key = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+                except (KeyError, TypeError, ValueError):
+                    continue
+                labels[key] = label
+    return sorted(names), labels
+
+
+class LabelMap:
+    """Label ids of the videos under `<root>/<split>`.
+
+    Class names are the sorted label names of all annotation CSVs, or the label folders of the
+    train split (else of this split) when there is none. A video's label comes from its folder
+    name when that names a class, else from the CSV row of its key; otherwise it is -1.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str):
+        self.root = pathlib.Path(root)
+        self.split_dir = self.root / split
+        self.class_names, self._csv = read_annotations(self.root)
+        if not self.class_names:
+            label_root = self.root / "train" if (self.root / "train").is_dir() else self.split_dir
+            self.class_names = sorted(
+                d.name for d in label_root.iterdir() if d.is_dir() and not d.name.startswith(".")
+            )
+        self._ids = {normalize_label(n): i for i, n in enumerate(self.class_names)}
+
+    def __call__(self, path: pathlib.Path) -> tuple[int, str]:
+        """(class id or -1, class name or "") of the video at `path`."""
+        folder = normalize_label(path.parent.name)
+        if path.parent != self.split_dir and folder in self._ids:
+            i = self._ids[folder]
+            return i, self.class_names[i]
+        name = self._csv.get(path.stem)
+        if name is not None and normalize_label(name) in self._ids:
+            i = self._ids[normalize_label(name)]
+            return i, self.class_names[i]
+        return -1, ""
+
+
+# --------------------------------------------------------------------------------------------
+# The index
+
+
+@dataclasses.dataclass
+class VideoIndex:
+    """The readable videos of one split, and the files that were skipped, with reasons.
+
+    entries: dicts with key, path (relative to root), label, label_name, num_frames, fps, height,
+    width (prepared datasets add `record`, the position in the array_record split).
+    unreadable: dicts with path and reason.
+    """
+
+    root: str
+    split: str
+    class_names: list[str]
+    entries: list[dict]
+    unreadable: list[dict]
+    cache_path: str | None = None
+
+    def usable(self, spec: ClipSpec, *, log_skips: bool = True) -> tuple[list[dict], list[dict]]:
+        """(entries long enough for `spec`, skipped files with reasons: unreadable and too short)."""
+        keep, skipped = [], [dict(s) for s in self.unreadable]
+        for e in self.entries:
+            if e["num_frames"] < spec.span:
+                skipped.append(
+                    {
+                        "path": e["path"],
+                        "reason": f"too short: {e['num_frames']} frames, a clip of {spec.num_frames} "
+                        f"frames at stride {spec.frame_stride} needs {spec.span}",
+                    }
+                )
+            else:
+                keep.append(e)
+        if log_skips:
+            for s in skipped:
+                log_skip_once(os.path.join(self.root, s["path"]), s["reason"])
+        return keep, skipped
+
+
+def _scan(split_dir: pathlib.Path) -> list[pathlib.Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(split_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith("."):
+                out.append(pathlib.Path(dirpath) / name)
+    return sorted(out)
+
+
+def fingerprint(files: Iterable[pathlib.Path], root: pathlib.Path) -> str:
+    """A hash of every file's relative path, size and modification time."""
+    h = hashlib.sha1(f"v{INDEX_VERSION}".encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _cache_candidates(root: pathlib.Path, split: str, cache_dir: str | os.PathLike | None) -> list[pathlib.Path]:
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    if cache_dir is not None:
+        return [pathlib.Path(cache_dir) / f"index-{digest}-{split}.json"]
+    name = f"index-{split}.json"
+    home = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "sid2video"
+    return [root / ".sid2video" / name, home / f"index-{digest}-{split}.json"]
+
+
+def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def _probe_one(path: pathlib.Path) -> tuple[video_io.VideoInfo | None, str | None]:
+    try:
+        return video_io.probe(path), None
+    except video_io.VideoReadError as err:
+        return None, str(err)
+    except Exception as err:  # never let one file stop the index
+        return None, f"{type(err).__name__}: {err}"
+
+
+def build_index(
+    root: str | os.PathLike,
+    split: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    probe_workers: int | None = None,
+    refresh: bool = False,
+    progress: bool = True,
+) -> VideoIndex:
+    """Indexes `<root>/<split>` (cached; rebuilt when any file changes).
+
+    The cache goes to `<root>/.sid2video/index-<split>.json`, or under `cache_dir`
+    (default ~/.cache/sid2video) when `root` is not writable or `cache_dir` is given.
+    """
+    root = pathlib.Path(root)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(
+            f"data.split={split!r}: no folder {split_dir}; expected <data_dir>/<split>/<label>/<id>.mp4"
+        )
+    files = _scan(split_dir)
+    ann = annotation_files(root)
+    fp = fingerprint(files + ann, root)
+    candidates = _cache_candidates(root, split, cache_dir)
+    if not refresh:
+        for c in candidates:
+            try:
+                cached = json.loads(c.read_text())
+            except (OSError, ValueError):
+                continue
+            if cached.get("fingerprint") == fp and cached.get("version") == INDEX_VERSION:
+                return VideoIndex(
+                    root=str(root),
+                    split=split,
+                    class_names=cached["class_names"],
+                    entries=cached["entries"],
+                    unreadable=cached["unreadable"],
+                    cache_path=str(c),
+                )
+
+    labels = LabelMap(root, split)
+
+    entries, unreadable = [], []
+    workers = probe_workers or min(8, os.cpu_count() or 1)
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(_probe_one, files)
+        bar = tqdm(results, total=len(files), desc=f"indexing {split_dir}", unit="video", disable=not progress)
+        for path, (info, error) in zip(files, bar):
+            rel = path.relative_to(root).as_posix()
+            if info is None:
+                unreadable.append({"path": rel, "reason": error})
+                continue
+            key = path.stem
+            label, label_name = labels(path)
+            entries.append(
+                {
+                    "key": key,
+                    "path": rel,
+                    "label": label,
+                    "label_name": label_name,
+                    "num_frames": info.num_frames,
+                    "fps": info.fps,
+                    "height": info.height,
+                    "width": info.width,
+                }
+            )
+    for u in unreadable:
+        log_skip_once(str(root / u["path"]), u["reason"])
+    index = VideoIndex(str(root), split, labels.class_names, entries, unreadable)
+    payload = {
+        "version": INDEX_VERSION,
+        "fingerprint": fp,
+        "root": str(root.resolve()),
+        "split": split,
+        "class_names": labels.class_names,
+        "entries": entries,
+        "unreadable": unreadable,
+    }
+    for c in candidates:
+        try:
+            _write_json_atomic(c, payload)
+        except OSError:
+            continue
+        index.cache_path = str(c)
+        break
+    else:
+        log.warning("could not write the index cache to any of %s", [str(c) for c in candidates])
+    return index
+
+
+class FolderClipSource:
+    """Random-access records of the usable videos of an index (grain data source)."""
+
+    def __init__(self, index: VideoIndex, entries: Sequence[dict]):
+        self._root = index.root
+        self._entries = [dict(e) for e in entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, i: int) -> dict:
+        e = dict(self._entries[int(i)])
+        e["path"] = os.path.join(self._root, e["path"])
+        e["index"] = int(i)
+        return e
+
+    @property
+    def keys(self) -> list[str]:
+        return [e["key"] for e in self._entries]
+
+    def __repr__(self) -> str:
+        return f"FolderClipSource({self._root!r}, {len(self)} videos)"
