@@ -1,0 +1,58 @@
+"""Tiny CPU configs for the tests and `sid2video demo` (widths ≤ 32).
+
+    --config configs/demo.py:video    16 frames of 32², condition on 5, predict 11; 2×2 patches
+                                      -> a 16×16 map with factorized convs, then factorized
+                                      space/time attention at 8²
+    --config configs/demo.py:images   T = 1, 16² class-conditional digits (10 classes), the 2D
+                                      Residual U-ViT
+Training settings are sized for minutes on a CPU, not the papers'.
+"""
+
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from configs import common  # noqa: E402
+
+_TINY = dict(
+    channels=(16, 32),
+    block_types=("resnet", "transformer"),
+    encoder_blocks=(1, 1),
+    decoder_blocks=(1, 1),
+    num_heads=2,
+    emb_channels=32,
+    dtype="float32",
+    remat=False,
+    scan_blocks=False,
+)
+
+_TRAIN = dict(batch_size=16, num_steps=2000, learning_rate=1e-3, warmup_steps=100,
+              ema_decay=0.999)
+
+
+def get_config(variant: str = "video"):
+    if variant == "video":
+        return common.base(
+            data=dict(dataset="moving_digits", num_frames=16, num_cond_frames=5, resolution=32,
+                      frame_stride=1, num_classes=0),
+            model=dict(_TINY, patch_size=2, conv="factorized", attention="factorized",
+                       frame_conditioning=True),
+            schedule=dict(name="cosine", logsnr_min=-10.0, logsnr_max=10.0),
+            loss=dict(weighting="sigmoid", bias=0.0, cond_drop_rate=0.0),
+            sampler=dict(method="addim", num_steps=32, guidance=0.0, guidance_interval=None),
+            train=dict(_TRAIN),
+        )
+    if variant == "images":
+        return common.base(
+            data=dict(dataset="digits", num_frames=1, num_cond_frames=0, resolution=16,
+                      frame_stride=1, num_classes=10),
+            model=dict(_TINY, patch_size=1),
+            schedule=dict(name="cosine", logsnr_min=-10.0, logsnr_max=10.0),
+            loss=dict(weighting="sigmoid", bias=0.0, class_drop_rate=0.1),
+            sampler=dict(method="ddpm", num_steps=64, guidance=1.0, guidance_interval=None),
+            train=dict(_TRAIN),
+        )
+    raise ValueError(f"unknown variant {variant!r} for demo; choose 'video' or 'images'")

@@ -1,0 +1,158 @@
+"""Config files: every variant builds, validates and eval_shapes; paper settings; clear errors."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from sid2video.models import flops, uvit
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+VARIANTS = [
+    ("demo", "video"), ("demo", "images"), ("kinetics600", "small"),
+    ("imagenet128", "small"), ("imagenet128", "flop_heavy"),
+    ("imagenet256", "small"), ("imagenet256", "flop_heavy"),
+    ("imagenet512", "small"), ("imagenet512", "flop_heavy"),
+]
+
+
+def load(name: str):
+    """Import configs/<name>.py by path, the way `--config configs/<name>.py:variant` does."""
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def validate(config):
+    from configs import common  # importable once a config file has been loaded
+
+    return common.validate(config)
+
+
+@pytest.mark.parametrize("name,variant", VARIANTS)
+def test_every_variant_builds_validates_and_eval_shapes(name, variant):
+    config = load(name).get_config(variant)
+    for section in ("seed", "data", "model", "schedule", "loss", "sampler", "train"):
+        assert section in config
+    validate(config)
+    model = uvit.abstract(config.model)
+    # eval_shape's exact count equals the closed form of sid2video.models.flops.
+    assert uvit.count_params(model) == flops.param_count(config.model)["total"] > 0
+    cfg = model.config
+    assert (cfg.num_frames, cfg.resolution, cfg.num_classes) == (
+        config.data.num_frames, config.data.resolution, config.data.num_classes)
+    if config.data.num_frames == 1:  # an image model is the 2D U-ViT
+        assert cfg.conv_kind == "2d" and cfg.attention_axes == ("space",)
+
+
+def test_unknown_variant_is_an_error():
+    with pytest.raises(ValueError, match="unknown variant 'huge'"):
+        load("imagenet512").get_config("huge")
+
+
+@pytest.mark.parametrize("res,bias,interval,small_patch,heavy_patch", [
+    (128, 0.0, (0.0, 5.0), 1, 1), (256, -1.0, (-1.5, 5.0), 2, 1), (512, -3.0, (-3.0, 5.0), 4, 2)])
+def test_imagenet_paper_settings(res, bias, interval, small_patch, heavy_patch):
+    """SiD2 §2.1–2.2 and B.6: loss bias, guidance interval, sampler, patching, optimiser."""
+    module = load(f"imagenet{res}")
+    small, heavy = module.get_config("small"), module.get_config("flop_heavy")
+    for c in (small, heavy):
+        assert c.loss.weighting == "sigmoid" and c.loss.bias == bias and c.loss.mean_type == "v"
+        assert c.loss.class_drop_rate == 0.1
+        assert tuple(c.sampler.guidance_interval) == interval and c.sampler.guidance == 1.0
+        sampler = (c.sampler.method, c.sampler.num_steps, c.sampler.logvar_interp)
+        assert sampler == ("ddpm", 512, 0.3)
+        assert c.sampler.clip is True
+        t = c.train
+        assert (t.batch_size, t.learning_rate, t.warmup_steps) == (2048, 1e-4, 10_000)
+        assert (t.adam_b1, t.adam_b2, t.adam_eps, t.weight_decay) == (0.9, 0.99, 1e-12, 0.0)
+        assert (t.ema_decay, t.grad_clip) == (0.9999, 1.0)
+        s = c.schedule
+        assert (s.name, s.noise_d_low, s.noise_d_high, s.image_d) == (
+            "cosine_interpolated", 32, 512, res)
+        assert (s.logsnr_min, s.logsnr_max) == (-10.0, 10.0)
+        assert c.data.num_classes == 1000 and c.data.num_frames == 1
+    assert small.model.patch_size == small_patch and heavy.model.patch_size == heavy_patch
+    assert small.train.num_steps == 1_000_000 and heavy.train.num_steps == 800_000
+    # §2.2: the small U-ViT runs on a 128² map; flop heavy doubles the map, not the channels.
+    assert res // small_patch == 128
+    if res == 128:  # B.6: the 128-channel top level is removed at 128²
+        assert heavy.model.channels[0] == 256 and res // heavy_patch == 128
+    else:
+        assert heavy.model.channels == small.model.channels and res // heavy_patch == 256
+    assert small.model.dropout_from_resolution < res // small_patch  # never the top level
+
+
+def test_kinetics600_paper_settings():
+    c = load("kinetics600").get_config("small")
+    assert (c.data.num_frames, c.data.num_cond_frames, c.data.resolution) == (16, 5, 128)
+    assert c.loss.weighting == "sigmoid" and c.loss.bias == 0.0  # Table 4
+    assert (c.sampler.method, c.sampler.num_steps) == ("addim", 128)  # B.7
+    assert c.sampler.guidance == 0.0 and c.sampler.guidance_interval is None
+    assert c.model.frame_conditioning and c.model.conv == "3d"
+    assert c.model.attention == "factorized"
+
+
+def test_demo_configs_are_tiny():
+    video, images = load("demo").get_config("video"), load("demo").get_config("images")
+    assert (video.data.num_frames, video.data.num_cond_frames) == (16, 5)
+    assert video.data.resolution <= 32 and max(video.model.channels) <= 32
+    assert images.data.num_frames == 1 and images.data.num_classes == 10
+    assert max(images.model.channels) <= 32 and images.model.emb_channels <= 32
+
+
+def test_model_follows_data_through_references():
+    c = load("imagenet256").get_config("small")
+    c.data.resolution = 128
+    assert c.model.resolution == 128 and c.schedule.image_d == 128
+    validate(c)
+    c = load("kinetics600").get_config("small")
+    c.data.num_frames = 8
+    assert c.model.num_frames == 8
+    validate(c)
+
+
+def _set(config, path, value):
+    *parents, key = path.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[key] = value
+
+
+@pytest.mark.parametrize("name,variant,path,value,message", [
+    ("demo", "video", "data.resolution", 34, r"resolution=34.*divisible by patch_size"),
+    ("demo", "video", "model.attention", "axial", r"attention='axial'.*factorized"),
+    ("demo", "video", "model.conv", "4d", r"conv='4d'"),
+    ("imagenet512", "small", "model.dropout_from_resolution", 128,
+     r"dropout_from_resolution=128.*\[64, 32, 16\]"),
+    ("imagenet512", "small", "model.dropout_from_resolution", 20,
+     r"dropout_from_resolution=20"),
+    ("demo", "video", "data.num_cond_frames", 16, r"num_cond_frames=16.*num_frames=16"),
+    ("demo", "video", "model.block_types", ("resnet", "conv"), r"block_types.*'resnet'"),
+    ("demo", "video", "model.encoder_blocks", (1,), r"encoder_blocks.*one entry per level"),
+    ("demo", "video", "model.num_heads", 3, r"num_heads=3.*divide"),
+    ("demo", "video", "model.patch_frames", 3, r"patch_frames=3.*num_frames=16"),
+    ("demo", "video", "model.frame_conditioning", False, r"frame_conditioning"),
+    ("demo", "video", "schedule.name", "linear", r"config.schedule.*'linear'"),
+    ("demo", "video", "loss.weighting", "l2", r"config.loss.*weighting"),
+    ("demo", "video", "sampler.method", "euler", r"config.sampler.*euler"),
+    ("demo", "video", "sampler.guidance", 1.0, r"sampler.guidance=1.0.*cond_drop_rate"),
+    ("demo", "images", "loss.cond_drop_rate", 0.2, r"cond_drop_rate=0.2"),
+    ("demo", "video", "train.learning_rate", -1.0, r"train.learning_rate=-1.0"),
+    ("demo", "video", "train.adam_b2", 1.0, r"train.adam_b2=1.0"),
+])
+def test_bad_values_give_clear_errors(name, variant, path, value, message):
+    config = load(name).get_config(variant)
+    _set(config, path, value)
+    with pytest.raises(ValueError, match=message):
+        validate(config)
+
+
+def test_unknown_model_key_is_an_error():
+    config = load("demo").get_config("images")
+    config.model.unlock()
+    config.model.widht = 3
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['widht'\]"):
+        validate(config)
