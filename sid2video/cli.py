@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any, Callable
 
 # name -> (module providing `run(argv) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -29,6 +30,39 @@ _PLANNED = {
         "error and FVD beside a copy-last-frame baseline; (5) render MP4s and a Markdown report."
     ),
 }
+
+
+def parse_flags(prog: str, argv: list[str], define: Callable[[Any], None] | None = None,
+                config_required: bool = True):
+    """Parse a subcommand's flags with absl: `--config path.py:variant`, `--config.key=value`
+    overrides, plus whatever `define(flag_values)` adds. Returns the parsed FlagValues.
+
+    Each call uses its own FlagValues, so subcommands never clash over flag names. absl's global
+    flags are marked parsed as well, which grain's worker processes require.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "config file and variant, e.g. configs/kinetics600.py:small", flag_values=fv,
+        lock_config=False,
+    )
+    flags.DEFINE_bool("help", False, "show this help", flag_values=fv, short_name="h")
+    if define is not None:
+        define(fv)
+    try:
+        fv([prog] + list(argv))
+    except flags.Error as err:
+        raise SystemExit(f"{prog}: {err}\n(run `{prog} --help` for the flags)")
+    if fv.help:
+        print(f"usage: {prog} [flags]\n")
+        print(fv.module_help(fv.find_module_defining_flag("config")) or fv)
+        raise SystemExit(0)
+    if config_required and fv.config is None:
+        raise SystemExit(f"{prog}: --config is required, e.g. --config configs/kinetics600.py:small")
+    flags.FLAGS.mark_as_parsed()
+    return fv
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -202,10 +202,10 @@ def test_grain_checkpoint_handler_round_trip(data_dir, tmp_path):
     assert _same(_take(resumed, 2), expected)
 
 
-def test_ml_collections_config_with_name_key(data_dir):
+def test_ml_collections_config_with_model_keys(data_dir):
     from ml_collections import ConfigDict
 
-    cfg = ConfigDict(dict(name="kinetics600", data_dir=str(data_dir), num_frames=4, frame_stride=2,
+    cfg = ConfigDict(dict(dataset="kinetics600", data_dir=str(data_dir), num_frames=4, frame_stride=2,
                           resolution=32, num_cond_frames=1, num_classes=3, progress=False))
     batch = next(pipeline.make_train_iterator(cfg, batch_size=2, seed=0, process_index=0, process_count=1))
     assert batch["video"].shape == (2, 4, 32, 32, 3)

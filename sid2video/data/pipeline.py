@@ -153,8 +153,8 @@ class Source:
 
 
 def dataset_name(data_cfg: Any) -> str | None:
-    """config.data.dataset, or config.data.name when `dataset` is not set."""
-    return _get(data_cfg, "dataset", None) or _get(data_cfg, "name", None)
+    """config.data.dataset."""
+    return _get(data_cfg, "dataset", None)
 
 
 def make_source(data_cfg: Any, *, split: str, train: bool) -> Source:

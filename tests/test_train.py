@@ -1,0 +1,201 @@
+"""The trainer: learning, exact resume, sharding invariance, multi-process, clear errors."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sid2video import checkpoint as ckpt
+from sid2video import train
+from train_worker import Batches, global_batch, tiny_config
+
+WORKER = str(pathlib.Path(__file__).with_name("train_worker.py"))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _env(**extra):
+    # Subprocesses share the suite's persistent compilation cache.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+    env.update(extra)
+    return env
+
+
+def _params(workdir, step=None, item="params"):
+    trainer = train.Trainer(tiny_config())
+    c = ckpt.Checkpointer(workdir, async_save=False)
+    target = trainer.abstract_state.params if item in ("params", "ema") else None
+    got = c.restore(step, {item: target})[item]
+    c.close()
+    return [np.asarray(x) for x in jax.tree.leaves(got)]
+
+
+def _losses(workdir):
+    rows = [json.loads(line) for line in open(pathlib.Path(workdir) / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 10-step run."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    summary = train.fit(tiny_config(), workdir, steps=10, data_iterator=Batches(), progress=False)
+    assert summary["step"] == 10
+    return workdir
+
+
+def test_overfits_a_tiny_batch():
+    cfg = tiny_config(learning_rate=1e-2, warmup_steps=0)
+    cfg.loss.class_drop_rate = 0.0
+    cfg.loss.cond_drop_rate = 0.0
+    cfg.model.dropout = 0.0
+    trainer = train.Trainer(cfg)
+    state = trainer.init_state()
+    # One smooth moving pattern, repeated: a clip the network can memorise.
+    t, h, w = np.meshgrid(np.arange(3), np.arange(8), np.arange(8), indexing="ij")
+    clip = np.stack([np.sin((h + t) / 2.0), np.cos((w - t) / 3.0), np.sin((h + w) / 4.0)], -1)
+    video = np.broadcast_to(((clip + 1) * 127.5).astype(np.uint8), (8, 3, 8, 8, 3))
+    batch = {"video": np.ascontiguousarray(video), "label": np.zeros(8, np.int32)}
+    x = {k: jnp.asarray(v) for k, v in batch.items()}
+    keys = jax.random.split(jax.random.PRNGKey(9), 32)
+
+    @jax.jit
+    def eval_loss(params):  # the same 32 noise draws before and after training
+        return jnp.mean(jax.vmap(lambda k: trainer.loss_fn(params, x, k, 0)[0])(keys))
+
+    before = float(eval_loss(state.params))
+    for _ in range(150):
+        state, _ = trainer.step(state, batch)
+    after = float(eval_loss(state.params))
+    assert after < before / 4, (before, after)
+
+
+def test_sigterm_mid_run_then_resume_is_bit_identical(reference_run, tmp_path):
+    def hook(i):
+        if i == 6:  # a real SIGTERM arrives while batch 6 is being fetched
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    summary = train.fit(tiny_config(), tmp_path, steps=10, data_iterator=Batches(hook=hook), progress=False)
+    assert summary["stopped_by"] == "signal SIGTERM"
+    assert summary["step"] == 7  # finished the step in flight, saved, returned
+    resumed = train.fit(tiny_config(), tmp_path, steps=10, data_iterator=Batches(), progress=False)
+    assert resumed["start_step"] == 7 and resumed["step"] == 10
+    for a, b in zip(_params(tmp_path), _params(reference_run)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_params(tmp_path, item="ema"), _params(reference_run, item="ema")):
+        np.testing.assert_array_equal(a, b)
+    assert _losses(tmp_path) == _losses(reference_run)
+
+
+def test_hard_kill_between_saves_then_resume_is_bit_identical(reference_run, tmp_path):
+    # checkpoint_every = 4: the process dies at batch 6, after the step-4 save, before the next one.
+    proc = subprocess.run([sys.executable, WORKER, "kill", str(tmp_path), "10", "6"], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert ckpt.Checkpointer(tmp_path).latest_step() == 4
+    resumed = train.fit(tiny_config(), tmp_path, steps=10, data_iterator=Batches(), progress=False)
+    assert resumed["start_step"] == 4
+    for a, b in zip(_params(tmp_path), _params(reference_run)):
+        np.testing.assert_array_equal(a, b)
+    ref = _losses(reference_run)
+    assert {s: l for s, l in _losses(tmp_path).items() if s > 4} == {s: l for s, l in ref.items() if s > 4}
+
+
+def test_data_parallel_and_fsdp_on_8_devices_equal_one_device(tmp_path):
+    out = tmp_path / "shard.npz"
+    proc = subprocess.run([sys.executable, WORKER, "shard", str(out)], timeout=600, capture_output=True, text=True,
+                          env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = np.load(out)
+    assert int(r["fsdp_split"]) > 0
+    np.testing.assert_allclose(r["dp_loss"], r["single_loss"], rtol=1e-5)
+    np.testing.assert_allclose(r["fsdp_loss"], r["single_loss"], rtol=1e-5)
+    n = len([k for k in r.files if k.startswith("single_p")])
+    for j in range(n):
+        np.testing.assert_allclose(r[f"dp_p{j}"], r[f"single_p{j}"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(r[f"fsdp_p{j}"], r[f"single_p{j}"], rtol=1e-4, atol=1e-6)
+
+
+def test_two_processes_train_like_one(reference_run, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, WORKER, "dist", str(tmp_path), "10", str(p), "2", str(port)],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for p in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    for p, err in zip(procs, errs):
+        assert p.returncode == 0, err[-3000:]
+    assert ckpt.Checkpointer(tmp_path).all_steps()[-1] == 10
+    for a, b in zip(_params(tmp_path), _params(reference_run)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    ref, got = _losses(reference_run), _losses(tmp_path)
+    assert sorted(got) == sorted(ref)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)], rtol=1e-4)
+
+
+def test_mismatched_checkpoint_is_refused(reference_run):
+    other = tiny_config()
+    other.model.channels = (8, 24)
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"model.channels: checkpoint \[8, 16\] vs config \[8, 24\]"):
+        train.fit(other, reference_run, steps=11, data_iterator=Batches(), progress=False)
+
+
+class NaNAt(Batches):
+    """Batch `bad` carries a NaN pixel (as float video), which makes the loss non-finite."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad = bad
+
+    def __next__(self):
+        i = self.i
+        b = super().__next__()
+        video = b["video"].astype(np.float32)
+        if i == self.bad:
+            video[0, -1, 0, 0, 0] = np.nan
+        return dict(b, video=video)
+
+
+def test_nonfinite_loss_stops_with_a_snapshot(tmp_path):
+    with pytest.raises(train.NonFiniteError, match=r"step 3: the loss \(nan\)") as err:
+        train.fit(tiny_config(), tmp_path, steps=8, data_iterator=NaNAt(3), progress=False)
+    snapshot = tmp_path / "debug_step_3"
+    assert str(snapshot) in str(err.value)
+    assert np.isnan(np.load(snapshot / "batch.npz")["video"]).any()
+    params = _params(snapshot)
+    assert all(np.isfinite(p).all() for p in params)  # the bad update never reached the state
+
+
+def test_nonfinite_updates_can_be_skipped(tmp_path):
+    summary = train.fit(tiny_config(on_nonfinite="skip"), tmp_path, steps=6, data_iterator=NaNAt(3),
+                        progress=False)
+    assert summary["step"] == 6 and summary["nonfinite_skipped"] == 1
+    assert all(np.isfinite(p).all() for p in _params(tmp_path))
+
+
+def test_bad_config_values_are_named():
+    cfg = tiny_config()
+    cfg.train.batch_size = 6
+    cfg.train.grad_accum_steps = 4
+    with pytest.raises(ValueError, match=r"config.train.grad_accum_steps=4 is invalid: must divide train.batch_size=6"):
+        train.Trainer(cfg)
+    cfg = tiny_config(on_nonfinite="ignore")
+    with pytest.raises(ValueError, match=r"config.train.on_nonfinite='ignore'"):
+        train.Trainer(cfg)
+    cfg = tiny_config(learning_rat=1.0)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rat'\]"):
+        train.Trainer(cfg)
+    cfg = tiny_config()
+    cfg.data.num_cond_frames = 3
+    with pytest.raises(ValueError, match="num_cond_frames=3 must be below model.num_frames=3"):
+        train.Trainer(cfg)
