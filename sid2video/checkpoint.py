@@ -67,13 +67,17 @@ class Checkpointer:
     """Save and restore training checkpoints in `workdir/checkpoints` (keep-last-N plus keep-every-K)."""
 
     def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, keep_every: int | None = None,
-                 async_save: bool = True):
+                 async_save: bool = True, create: bool = True):
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        if not create and not self.directory.is_dir():
+            raise FileNotFoundError(
+                f"no checkpoint in {self.directory}; train first (sid2video train --workdir ...)"
+            )
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             keep_period=keep_every,
             enable_async_checkpointing=async_save,
-            create=True,
+            create=create,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
@@ -166,7 +170,7 @@ def load_model(workdir: str | pathlib.Path, step: int | None = None, *, ema: boo
 
     from sid2video.models import uvit
 
-    checkpointer = Checkpointer(workdir, async_save=False)
+    checkpointer = Checkpointer(workdir, async_save=False, create=False)
     try:
         step = checkpointer._resolve(step)
         meta = checkpointer.read_meta(step)

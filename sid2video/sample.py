@@ -33,9 +33,10 @@ def to_uint8(x: Array) -> Array:
 
 
 def sampler_settings(config, **overrides) -> dict[str, Any]:
-    """config.sampler with command-line overrides (None means: keep the config's value)."""
+    """config.sampler with overrides applied; every given key counts, so guidance_interval=None
+    turns the interval off (callers leave out the keys they do not override)."""
     cfg = dict(config.sampler.to_dict() if hasattr(config.sampler, "to_dict") else config.sampler)
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg.update(overrides)
     return cfg
 
 
@@ -66,6 +67,14 @@ class Generator:
         self.sharding = NamedSharding(self.mesh, P("batch"))
         self.graphdef, self.state = nnx.split(model)
         self._jitted = jax.jit(self._generate, out_shardings=self.sharding)
+
+    def set_model(self, model: nnx.Module) -> None:
+        """Swap in other parameters of the same network (e.g. another checkpoint) without
+        recompiling; a network of another structure is refused."""
+        graphdef, state = nnx.split(model)
+        if graphdef != self.graphdef:
+            raise ValueError("set_model needs a network of the same structure; build a new Generator")
+        self.state = state
 
     # -- the traced part --------------------------------------------------------------------------
     def _generate(self, state, video: Array, label: Array, rng: Array) -> Array:
@@ -118,6 +127,7 @@ class Generator:
         if video.shape[1:] != expected:
             raise ValueError(f"batch['video'] has frames of shape {video.shape[1:]}; the model takes {expected}")
         label = np.asarray(batch.get("label", np.zeros(len(video), np.int32)), np.int32)
+        check_labels(label, self.model_cfg.num_classes)
         n = len(video)
         # Pad this process's share to a multiple of its devices; the padding is dropped again.
         local = max(1, jax.local_device_count())
@@ -131,6 +141,19 @@ class Generator:
         local_out = np.concatenate([np.asarray(s.data) for s in
                                     sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)])
         return local_out[:n]
+
+
+def check_labels(label: np.ndarray, num_classes: int, *, allow_null: bool = True) -> None:
+    """Class labels must lie in [0, num_classes) (plus num_classes, the null class, when sampling);
+    an embedding lookup out of range would give NaN instead of an error."""
+    top = num_classes if allow_null else num_classes - 1
+    if num_classes and label.size and (label.min() < 0 or label.max() > top):
+        null = f" or {num_classes} (no class)" if allow_null else ""
+        raise ValueError(
+            f"labels must lie in [0, {num_classes - 1}]{null} for config.model.num_classes="
+            f"{num_classes}, got values from {label.min()} to {label.max()}; check "
+            "config.data.num_classes against the dataset"
+        )
 
 
 def write_strip(path: pathlib.Path, video: np.ndarray, *, num_cond: int = 0) -> None:
@@ -179,9 +202,9 @@ def run(argv: list[str]) -> int:
     interval = None
     if args.interval is not None:
         interval = () if args.interval.lower() == "none" else tuple(float(v) for v in args.interval.split(","))
-    overrides = dict(method=args.method, num_steps=args.num_steps, guidance=args.guidance,
-                     logvar_interp=args.logvar_interp)
-    if interval is not None:
+    overrides = {k: v for k, v in dict(method=args.method, num_steps=args.num_steps, guidance=args.guidance,
+                                       logvar_interp=args.logvar_interp).items() if v is not None}
+    if interval is not None:  # '--interval none' turns the interval off
         overrides["guidance_interval"] = interval or None
     try:
         generator = Generator(model, config, **overrides)

@@ -302,6 +302,10 @@ class Trainer:
 
     def step(self, state: TrainState, batch: Mapping[str, np.ndarray]) -> tuple[TrainState, dict]:
         """One optimisation step; `batch` holds this process's share of the global batch."""
+        if self.model_cfg.num_classes and "label" in batch:
+            from sid2video.sample import check_labels
+
+            check_labels(np.asarray(batch["label"]), self.model_cfg.num_classes, allow_null=False)
         global_batch = {
             k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
             for k, v in batch.items() if k in ("video", "label")

@@ -1,0 +1,103 @@
+"""Evaluation reports: strict result.json, report.md contents, sample strips and plots."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluation import report
+
+
+def _clip(colors, size=8):
+    """A clip whose frame t is the constant colour colors[t]: uint8 [T, size, size, 3]."""
+    return np.stack([np.full((size, size, 3), c, np.uint8) for c in colors])
+
+
+def test_strip_geometry_and_frame_marks():
+    truth = _clip([(10, 10, 10), (20, 20, 20), (30, 30, 30), (40, 40, 40)])
+    sample = _clip([(10, 10, 10), (20, 20, 20), (90, 0, 0), (0, 90, 0)])
+    img = report.strip_image([truth, sample, truth, sample], num_cond=2, group=2)
+    # 8² frames are enlarged 8× to 64², with a 2-pixel border: 68 per frame; a 6-pixel gap per pair.
+    assert img.shape == (4 * 68 + 6, 4 * 68, 3) and img.dtype == np.uint8
+    assert tuple(img[0, 0]) == report.COND_COLOR               # frame 0: conditioning
+    assert tuple(img[0, 68 + 67]) == report.COND_COLOR         # frame 1: conditioning
+    assert tuple(img[0, 2 * 68]) == report.PRED_COLOR          # frame 2: predicted
+    assert tuple(img[68 + 30, 2 * 68 + 30]) == (90, 0, 0)      # row 1 (sample), frame 2 interior
+    assert tuple(img[30, 3 * 68 + 30]) == (40, 40, 40)         # row 0 (truth), frame 3 interior
+    assert np.all(img[2 * 68:2 * 68 + 6] == 255)              # the gap between the two pairs
+    plain = report.strip_image([truth], num_cond=0)
+    assert np.all(plain[0, 0] == 255)                          # no conditioning: white frame
+    with pytest.raises(ValueError, match="all clips"):
+        report.strip_image([truth, truth[:, :4, :4]])
+
+
+def _result(steps, *, cond_in_fvd=True):
+    ckpts = []
+    for i, s in enumerate(steps):
+        ckpts.append({"step": s, "num_samples": 6, "fvd": 300.0 / (i + 1), "psnr": 20.0 + i, "ssim": 0.5 + 0.1 * i,
+                      "psnr_per_frame": [22.0 + i, 19.0 + i, float("inf")], "ssim_per_frame": [0.7, 0.5, 0.4],
+                      "seconds": 1.5, "_stats": object()})
+    return {
+        "metric": "fvd",
+        "protocol": {"name": "kinetics600", "description": "test protocol", "metric": "fvd", "dataset": "kinetics600",
+                     "data_dir": "/data/k600", "split": "test", "num_samples": 6, "num_frames": 16,
+                     "num_cond_frames": 5, "num_predicted_frames": 11, "resolution": 128, "frame_stride": 1,
+                     "fvd_resolution": 64, "cond_frames_in_fvd": cond_in_fvd,
+                     "frames_seen_by_fvd": 16 if cond_in_fvd else 11, "seed": 0, "ema": True,
+                     "sampler": {"method": "addim", "num_steps": 128, "guidance": 0.0, "guidance_interval": None},
+                     "devices": 1, "processes": 1, "batch_size_per_process": 8},
+        "checkpoints": ckpts,
+        "baseline": {"name": "copy-last-frame", "fvd": 500.0, "psnr": 18.0, "ssim": 0.45,
+                     "psnr_per_frame": [21.0, 18.0, 15.0], "ssim_per_frame": [0.6, 0.4, 0.3]},
+        "reference": {"num_samples": 6, "cache_file": "/w/eval_cache/x.npz", "cache_hit": True},
+        "quoted": {"metric": "FVD_50k", "results": {"SiD2": 2.3}},
+        "notes": ["a note"],
+    }
+
+
+def test_write_report_several_checkpoints(tmp_path):
+    strips = {"step_300": (np.stack([_clip([(0, 0, 0)] * 16)] * 2), np.stack([_clip([(9, 9, 9)] * 16)] * 2))}
+    result = _result([100, 200, 300])
+    files = report.write_report(tmp_path, result, strips=strips, num_cond=5, title="run")
+    # Strict JSON: non-finite numbers become strings, private entries are dropped.
+    saved = json.loads((tmp_path / "result.json").read_text(),
+                       parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert saved["checkpoints"][0]["psnr_per_frame"][2] == "inf"
+    assert "_stats" not in saved["checkpoints"][0]
+    assert saved["files"]["report"] == files["report"]
+
+    md = (tmp_path / "report.md").read_text()
+    assert "| conditioning frames in FVD | **yes**: FVD sees whole 16-frame clips, the 5 given" in md
+    assert "| split | test |" in md and "| samples (N) | 6 |" in md and "resized to 64²" in md
+    assert "method=addim" in md and "num_steps=128" in md
+    assert "| step 100 | 300.00 | 20.00 | 0.5000 | 6 |" in md
+    assert "| step 300 | 100.00 | 22.00 | 0.7000 | 6 |" in md
+    assert "| copy last frame (baseline) | 500.00 | 18.00 | 0.4500 |" in md
+    assert "| SiD2 | 2.3 |" in md and "- a note" in md
+    for name in ("metric_vs_step.png", "frame_metrics.png", "samples_step_300.png"):
+        assert f"]({name})" in md
+        with Image.open(tmp_path / name) as img:
+            assert img.format == "PNG"
+            pixels = np.asarray(img.convert("L"))
+            assert pixels.std() > 1    # something is drawn
+    with Image.open(tmp_path / "samples_step_300.png") as img:
+        assert img.size == (16 * 68, 4 * 68 + 6)     # 2 clips × (truth, sample), 16 frames of 64² + border
+
+
+def test_single_checkpoint_has_no_step_plot_and_states_cut_conditioning(tmp_path):
+    result = _result([100], cond_in_fvd=False)
+    report.write_report(tmp_path, result, num_cond=5)
+    md = (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "metric_vs_step.png").exists() and "metric_vs_step" not in md
+    assert "**no**: FVD sees only the 11 predicted frames (the 5 conditioning frames are cut off)" in md
+    text = report.summary(result)
+    assert "FVD 300.00" in text and "copy last frame: FVD 500.00" in text
+
+
+def test_jsonable():
+    out = report.jsonable({"a": np.float32(1.5), "b": np.arange(3), "c": (float("-inf"), float("nan")),
+                           "_hidden": 1, "d": {"e": np.int64(4)}})
+    assert out == {"a": 1.5, "b": [0, 1, 2], "c": ["-inf", "nan"], "d": {"e": 4}}
+    assert math.isinf(report._num("inf"))
