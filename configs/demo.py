@@ -1,8 +1,8 @@
 """Tiny CPU configs for the tests and `sid2video demo` (widths ≤ 32).
 
-    --config configs/demo.py:video    16 frames of 32², condition on 5, predict 11; 2×2 patches
-                                      -> a 16×16 map with factorized convs, then factorized
-                                      space/time attention at 8²
+    --config configs/demo.py:video    16 frames of 16², condition on 5, predict 11; 2×2 patches
+                                      -> an 8×8 map with factorized convs, then factorized
+                                      space/time attention at 4²
     --config configs/demo.py:images   T = 1, 16² class-conditional digits (10 classes), the 2D
                                       Residual U-ViT
 Training settings are sized for minutes on a CPU, not the papers'.
@@ -30,13 +30,13 @@ _TINY = dict(
 )
 
 _TRAIN = dict(batch_size=16, num_steps=2000, learning_rate=1e-3, warmup_steps=100,
-              ema_decay=0.999)
+              ema_decay=0.999, log_every=10, checkpoint_every=200, keep_checkpoints=2)
 
 
 def get_config(variant: str = "video"):
     if variant == "video":
         return common.base(
-            data=dict(dataset="moving_digits", num_frames=16, num_cond_frames=5, resolution=32,
+            data=dict(dataset="moving_digits", num_frames=16, num_cond_frames=5, resolution=16,
                       frame_stride=1, num_classes=0),
             model=dict(_TINY, patch_size=2, conv="factorized", attention="factorized",
                        frame_conditioning=True),

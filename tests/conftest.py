@@ -34,3 +34,17 @@ def reference_dir() -> pathlib.Path:
     if path is None:
         pytest.skip("reference data not found: set SID2VIDEO_REFERENCE or place shared/ beside the repo")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """An uninterrupted 10-step run of tests/train_worker.py's tiny config (checkpoints at 4, 8, 10;
+    EMA sample strips at 5 and 10), shared by the trainer and sampling tests."""
+    from sid2video import train
+    from train_worker import Batches, tiny_config
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    summary = train.fit(tiny_config(sample_every=5, num_samples=2), workdir, steps=10,
+                        data_iterator=Batches(), progress=False)
+    assert summary["step"] == 10
+    return workdir

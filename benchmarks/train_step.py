@@ -1,0 +1,93 @@
+"""Train-step throughput and MFU of a config on the local devices.
+
+    .venv/bin/python benchmarks/train_step.py --config configs/demo.py:video [--steps 20] [--batch 16]
+
+Model FLOPs are the analytic ones of sid2video.models.flops (SiD2 B.3: multiply-add = 1 FLOP,
+a train step = 3 forward passes), doubled to count multiply and add separately like hardware
+peaks do. MFU divides the achieved rate by the device peak: the table in sid2video.train for
+known accelerators, else (CPUs) the measured rate of a large float32 matmul on the same
+devices, which is the best a dense kernel reaches here. Both figures are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def load_config(spec: str):
+    path, _, variant = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("bench_config", ROOT / path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s (multiply and add counted) of an n×n float32 matmul on the default devices."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n**3 * repeats / (time.perf_counter() - t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/demo.py:video")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
+    args = parser.parse_args()
+
+    from sid2video import train
+    from sid2video.models import flops
+
+    config = load_config(args.config)
+    if args.batch:
+        config.train.batch_size = args.batch
+    trainer = train.Trainer(config)
+    state = trainer.init_state()
+    b, t, r = config.train.batch_size, config.model.num_frames, config.model.resolution
+    rng = np.random.default_rng(0)
+    batch = {"video": rng.integers(0, 256, (b // jax.process_count(), t, r, r, 3), dtype=np.uint8),
+             "label": rng.integers(0, max(1, config.model.num_classes), (b // jax.process_count(),),
+                                   dtype=np.int32)}
+    t0 = time.perf_counter()
+    state, m = trainer.step(state, batch)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state, m = trainer.step(state, batch)
+    jax.block_until_ready(m)
+    step_s = (time.perf_counter() - t0) / args.steps
+
+    fwd = flops.forward_flops(trainer.model_cfg)["total"]
+    achieved = 3 * fwd * 2 * b / step_s / jax.device_count()  # FLOP/s per device, FMA = 2
+    known = train.peak_flops(trainer.tc)
+    measured = matmul_peak()
+    print(f"config {args.config}, global batch {b}, {jax.device_count()} x {jax.devices()[0].device_kind}")
+    print(f"compile + first step {compile_s:.1f} s; {1 / step_s:.2f} steps/s, {b / step_s:.1f} examples/s")
+    print(f"analytic train FLOPs {3 * fwd * 2 * b / 1e9:.2f} GFLOP per step (FMA = 2), "
+          f"achieved {achieved / 1e9:.2f} GFLOP/s per device")
+    print(f"float32 matmul peak measured here {measured / 1e9:.1f} GFLOP/s per device: "
+          f"MFU {achieved / measured:.3f} of it")
+    if known:
+        print(f"published bf16 peak {known / 1e12:.0f} TFLOP/s: MFU {achieved / known:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""`sid2video demo`: the whole framework on embedded data, on one CPU, in about ten minutes.
+
+Video (default): write the moving-digits dataset (real MP4s in the Kinetics600 layout, with the
+digits' positions saved), train the tiny 5 -> 11 frame-prediction config with the real trainer,
+grain loader and checkpoints, predict held-out clips with aDDIM from the EMA parameters, measure
+PSNR / SSIM per predicted frame, the digit's position error and FVD, each beside the
+copy-last-frame baseline, render MP4s and write a Markdown report with plots.
+
+Images (`--images`): the same for a class-conditional digits model (T = 1): samples with and
+without classifier-free guidance, scored by a classifier the demo trains on the real digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import pathlib
+import sys
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("sid2video.demo")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Written at 32², read at the config's resolution (16²): the loader's resize smooths the glyphs.
+VIDEO_DATA = dict(height=32, width=32, digit_size=16, num_digits=1, num_frames=24, max_speed=2)
+IMAGE_SIZE = 16
+
+
+def load_config(variant: str, overrides: list[str] = ()):
+    """configs/demo.py:<variant> from the source tree, with `key=value` overrides applied."""
+    import ast
+
+    path = ROOT / "configs" / "demo.py"
+    if not path.exists():
+        raise SystemExit(f"sid2video demo: {path} is missing; run the demo from a source checkout")
+    spec = importlib.util.spec_from_file_location("sid2video_demo_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"sid2video demo: --set {item!r} must look like key=value, e.g. loss.bias=-2")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        section, _, name = key.rpartition(".")
+        target = config
+        for part in filter(None, section.split(".")):
+            target = target[part]
+        if name not in target:
+            raise SystemExit(f"sid2video demo: --set {key}: no such config key")
+        target[name] = value
+    from configs import validate  # imported by path through configs/demo.py
+
+    try:
+        validate(config)
+    except ValueError as err:
+        raise SystemExit(f"sid2video demo: {err}")
+    return config
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _train(config, run_dir: pathlib.Path, *, minutes: float | None, steps: int | None) -> dict:
+    from sid2video import train
+
+    if steps is None:
+        steps = config.train.num_steps
+    config.train.checkpoint_every = max(1, min(config.train.checkpoint_every, steps))
+    config.train.log_every = max(1, min(config.train.log_every, steps))
+    budget = f"{minutes:g} minutes" if minutes else "no time limit"
+    _say(f"training {steps} steps at most ({budget}) in {run_dir}")
+    return train.fit(config, run_dir, steps=steps, minutes=minutes)
+
+
+def _loss_curve(run_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    return np.asarray([r["step"] for r in rows]), np.asarray([r["loss"] for r in rows])
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def centroids(video: np.ndarray, threshold: float = 48.0) -> np.ndarray:
+    """The brightness centroid (y, x) of every frame of [B, T, H, W, C] uint8: where the digit is.
+
+    The background is black; pixels darker than `threshold` (sampling speckle) do not count.
+    A frame with no bright pixel gets the frame centre.
+    """
+    v = np.asarray(video, np.float64).max(axis=-1)
+    w = np.maximum(v - threshold, 0.0)
+    h, wd = v.shape[-2:]
+    ys, xs = np.arange(h)[:, None], np.arange(wd)[None, :]
+    total = w.sum(axis=(-2, -1))
+    safe = np.where(total > 0, total, 1.0)
+    cy = np.where(total > 0, (w * ys).sum(axis=(-2, -1)) / safe, (h - 1) / 2)
+    cx = np.where(total > 0, (w * xs).sum(axis=(-2, -1)) / safe, (wd - 1) / 2)
+    return np.stack([cy, cx], axis=-1)
+
+
+def true_positions(truth: np.ndarray, top_left: np.ndarray) -> np.ndarray:
+    """Positions of the digit from the saved ground truth: its top-left corner in every frame plus
+    the glyph's centroid offset, measured once on the first (given) frame. [B, T, 2]."""
+    offset = centroids(truth[:, :1])[:, 0] - top_left[:, 0]
+    return top_left + offset[:, None, :]
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | None, num_eval: int,
+               sampler_steps: int | None, fvd: bool, seed: int, train_clips: int,
+               overrides: list[str] = ()) -> dict:
+    import jax
+
+    from evaluation import metrics
+    from sid2video import checkpoint, render, sample
+    from sid2video.data import pipeline, synthetic
+
+    t0 = time.time()
+    data_dir = workdir / "data"
+    counts = {"train": train_clips, "val": 8, "test": num_eval}
+    marker = data_dir / "DONE.json"
+    wanted = {"counts": counts, "seed": seed, **VIDEO_DATA}
+    if not marker.exists() or json.loads(marker.read_text()) != wanted:
+        _say(f"1/5 writing the moving-digits dataset ({sum(counts.values())} MP4 clips) to {data_dir}")
+        synthetic.write_moving_digits(data_dir, seed=seed, counts=counts, **VIDEO_DATA)
+        marker.write_text(json.dumps(wanted))
+    else:
+        _say(f"1/5 the moving-digits dataset is already in {data_dir}")
+
+    config = load_config("video", overrides)
+    config.data.data_dir = str(data_dir)
+    config.seed = seed
+    if sampler_steps:
+        config.sampler.num_steps = sampler_steps
+    run_dir = workdir / "run"
+    _say("2/5 training the tiny frame-prediction model (5 given frames -> 11 predicted)")
+    summary = _train(config, run_dir, minutes=minutes, steps=steps)
+
+    _say(f"3/5 predicting {num_eval} held-out clips with {config.sampler.method} "
+         f"({config.sampler.num_steps} steps) from the EMA parameters")
+    model, run_config, step = checkpoint.load_model(run_dir)
+    generator = sample.Generator(model, run_config)
+    it = pipeline.make_eval_iterator(run_config.data, batch_size=num_eval, split="test")
+    batch = next(it)
+    keep = np.asarray(batch["mask"], bool)
+    truth = np.asarray(batch["video"])[keep]
+    pred = generator({"video": truth}, jax.random.PRNGKey(seed))
+    num_cond = generator.num_cond
+    baseline = metrics.copy_last_frame(truth, num_cond)
+
+    _say("4/5 measuring predictions and the copy-last-frame baseline")
+    gt = synthetic.load_ground_truth(data_dir, "test")["clips"]
+    keys = [it.keys[i] for i in np.asarray(batch["index"])[keep]]
+    starts = np.asarray(batch["start"])[keep]
+    t = truth.shape[1]
+    scale = truth.shape[2] / VIDEO_DATA["height"]  # the loader resized the written frames
+    top_left = scale * np.stack([np.asarray(gt[k]["digits"][0]["top_left"], np.float64)[s:s + t]
+                                 for k, s in zip(keys, starts)])
+    where = true_positions(truth, top_left)
+    result: dict[str, Any] = {"step": step, "train": {k: v for k, v in summary.items() if k != "last_metrics"},
+                              "num_clips": len(truth), "num_cond": num_cond,
+                              "sampler": dict(run_config.sampler.to_dict())}
+    per_frame = {}
+    for name, video in (("model", pred), ("copy_last_frame", baseline)):
+        m = metrics.frame_metrics(video, truth, num_cond)
+        err = np.linalg.norm(centroids(video[:, num_cond:]) - where[:, num_cond:], axis=-1)
+        per_frame[name] = {"psnr": m["psnr"].mean(0), "ssim": m.get("ssim", m["mse"] * np.nan).mean(0),
+                           "position_error": err.mean(0)}
+        result[name] = {"psnr": float(m["psnr"].mean()), "ssim": float(np.nanmean(per_frame[name]["ssim"])),
+                        "position_error_px": float(err.mean())}
+    if fvd:
+        from evaluation import fvd as fvd_lib
+
+        _say("    FVD (I3D on the CPU takes a few seconds per clip)")
+        ref = fvd_lib.FeatureExtractor(num_cond_frames=num_cond)
+        ref.update(truth)
+        for name, video in (("model", pred), ("copy_last_frame", baseline)):
+            ext = fvd_lib.FeatureExtractor(num_cond_frames=num_cond, net=ref.net)
+            ext.update(video)
+            result[name]["fvd"] = fvd_lib.distance(ext.stats, ref.stats)
+        result["fvd_protocol"] = (f"I3D logits of all {t} frames (the {num_cond} conditioning frames "
+                                  f"included) at {truth.shape[2]}², {len(truth)} predicted vs the same "
+                                  f"{len(truth)} true clips")
+
+    _say("5/5 rendering MP4s and writing the report")
+    npz = run_dir / "samples" / f"step_{step}.npz"
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(npz, sample=pred, truth=truth, label=np.zeros(len(truth), np.int32), num_cond=num_cond)
+    renders = render.render_npz(npz, workdir / "renders", fmt=("mp4",), max_grid=16)
+    result["renders"] = [str(p) for p in renders]
+    result["seconds"] = time.time() - t0
+    _video_report(workdir, run_dir, result, per_frame)
+    return result
+
+
+def _video_report(workdir: pathlib.Path, run_dir: pathlib.Path, result: dict, per_frame: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, loss = _loss_curve(run_dir)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    axes[0].plot(steps, loss, lw=0.8)
+    axes[0].set(title="training loss", xlabel="step", yscale="log")
+    frames = np.arange(result["num_cond"] + 1, result["num_cond"] + 1 + len(per_frame["model"]["psnr"]))
+    for ax, key, label in ((axes[1], "psnr", "PSNR (dB, higher is better)"),
+                           (axes[2], "position_error", "digit position error (px, lower is better)")):
+        for name, style in (("model", "o-"), ("copy_last_frame", "s--")):
+            ax.plot(frames, per_frame[name][key], style, label=name.replace("_", "-"))
+        ax.set(title=label, xlabel="frame")
+        ax.legend()
+    fig.tight_layout()
+    plot = workdir / "report_metrics.png"
+    fig.savefig(plot, dpi=100)
+    plt.close(fig)
+    rows = ["| | model | copy-last-frame |", "|---|---|---|"]
+    for key, label in (("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"), ("position_error_px", "position error (px) ↓"),
+                       ("fvd", "FVD ↓")):
+        if key in result["model"]:
+            rows.append(f"| {label} | {result['model'][key]:.3f} | {result['copy_last_frame'][key]:.3f} |")
+    grid = [p for p in result["renders"] if p.endswith("_grid.mp4")]
+    text = "\n".join([
+        "# sid2video demo: moving-digits frame prediction", "",
+        f"Trained {result['train']['step']} steps ({result['train']['stopped_by']}, "
+        f"{result['train']['seconds'] / 60:.1f} min); predicted {result['num_clips']} held-out clips from "
+        f"{result['num_cond']} given frames with {result['sampler']['method']} "
+        f"({result['sampler']['num_steps']} steps) from the EMA parameters.", "",
+        *rows, "",
+        "Metrics cover the predicted frames only. The position error is the distance between the "
+        "digit's brightness centroid in a predicted frame and its true position (saved top-left "
+        "corner plus the glyph's centroid offset).",
+        *([f"FVD: {result['fvd_protocol']}; with so few clips it compares the two rows, it is "
+           "not comparable to published FVD."] if "fvd" in result["model"] else []), "",
+        f"![metrics]({plot.name})", "",
+        f"Videos: {grid[0] if grid else workdir / 'renders'} (left: given frames (green) and "
+        "predictions (red); right: ground truth).",
+    ])
+    (workdir / "report.md").write_text(text + "\n")
+    (workdir / "result.json").write_text(json.dumps(result, indent=2, default=float))
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _gray(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, np.float32).max(axis=-1).reshape(len(images), -1) / 255.0
+
+
+def image_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | None, num_eval: int,
+               sampler_steps: int | None, seed: int, overrides: list[str] = ()) -> dict:
+    import jax
+    from sklearn.neural_network import MLPClassifier
+
+    from sid2video import checkpoint, render, sample
+    from sid2video.data import pipeline, synthetic
+
+    t0 = time.time()
+    data_dir = workdir / "data"
+    counts = {"train": 2000, "val": 400}
+    marker = data_dir / "DONE.json"
+    wanted = {"counts": counts, "seed": seed, "size": IMAGE_SIZE}
+    if not marker.exists() or json.loads(marker.read_text()) != wanted:
+        _say(f"1/5 writing {sum(counts.values())} labelled digit PNGs to {data_dir}")
+        synthetic.write_digit_images(data_dir, seed=seed, counts=counts, size=IMAGE_SIZE)
+        marker.write_text(json.dumps(wanted))
+    config = load_config("images", overrides)
+    config.data.data_dir = str(data_dir)
+    config.seed = seed
+    if sampler_steps:
+        config.sampler.num_steps = sampler_steps
+    run_dir = workdir / "run"
+    _say("2/5 training the tiny class-conditional image model (T = 1)")
+    summary = _train(config, run_dir, minutes=minutes, steps=steps)
+
+    _say("3/5 training an independent classifier on the real digits")
+    def images_of(split: str, n: int):
+        it = pipeline.make_eval_iterator(config.data, batch_size=n, split=split)
+        b = next(it)
+        keep = np.asarray(b["mask"], bool)
+        return np.asarray(b["video"])[keep][:, 0], np.asarray(b["label"])[keep]
+
+    x_train, y_train = images_of("train", counts["train"])
+    x_val, y_val = images_of("val", counts["val"])
+    clf = MLPClassifier(hidden_layer_sizes=(128,), max_iter=300, random_state=seed).fit(_gray(x_train), y_train)
+    real_acc = float(clf.score(_gray(x_val), y_val))
+
+    classes = config.data.num_classes
+    per_class = max(1, num_eval // classes)
+    labels = np.repeat(np.arange(classes), per_class).astype(np.int32)
+    blank = np.zeros((len(labels), 1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    model, run_config, step = checkpoint.load_model(run_dir)
+    result: dict[str, Any] = {"step": step, "train": {k: v for k, v in summary.items() if k != "last_metrics"},
+                              "classifier_accuracy_on_real": real_acc, "samples_per_class": per_class}
+    w = float(run_config.sampler.guidance) or 1.0
+    _say(f"4/5 sampling {len(labels)} digits with guidance w = {w:g} and without")
+    for name, overrides in (("guided", dict(guidance=w)), ("unguided", dict(guidance=0.0))):
+        gen = sample.Generator(model, run_config, **overrides)
+        images = gen({"video": blank, "label": labels}, jax.random.PRNGKey(seed))
+        result[name] = {"guidance": overrides["guidance"],
+                        "accuracy": float(np.mean(clf.predict(_gray(images[:, 0])) == labels))}
+        npz = run_dir / "samples" / f"step_{step}_{name}.npz"
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(npz, sample=images, truth=images, label=labels, num_cond=0)
+        render.render_npz(npz, workdir / "renders", fmt=("png",))
+    _say("5/5 writing the report")
+    result["seconds"] = time.time() - t0
+    text = "\n".join([
+        "# sid2video demo: class-conditional digits (T = 1)", "",
+        f"Trained {summary['step']} steps ({summary['stopped_by']}). A classifier trained on the real "
+        f"digits recognises {100 * real_acc:.1f}% of held-out real digits.", "",
+        "| samples | guidance w | classifier agrees with the requested class |", "|---|---|---|",
+        *(f"| {n} | {result[n]['guidance']:g} | {100 * result[n]['accuracy']:.1f}% |" for n in ("guided", "unguided")),
+        "", f"Sample grids: {workdir / 'renders'}",
+    ])
+    (workdir / "report.md").write_text(text + "\n")
+    (workdir / "result.json").write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def run(argv: list[str]) -> int:
+    """`sid2video demo --workdir DIR [--minutes M] [--steps N] [--images]`."""
+    import absl.flags
+
+    parser = argparse.ArgumentParser(prog="sid2video demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="where data, checkpoints, MP4s and the report go")
+    parser.add_argument("--minutes", type=float, default=7.0, help="training time budget (default 7)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
+    parser.add_argument("--images", action="store_true", help="the class-conditional image demo (T = 1)")
+    parser.add_argument("--num-eval", type=int, default=16, help="held-out clips / samples to evaluate")
+    parser.add_argument("--sampler-steps", type=int, default=None, help="sampling steps (default: config)")
+    parser.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D on the CPU is slow)")
+    parser.add_argument("--train-clips", type=int, default=256, help="training clips to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of configs/demo.py, e.g. --set loss.bias=-2 (repeatable)")
+    args = parser.parse_args(argv)
+    absl.flags.FLAGS.mark_as_parsed()
+    # ffmpeg runs through subprocess (fork, then exec at once), which JAX's fork warning does not
+    # distinguish from an unsafe fork.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    workdir = pathlib.Path(args.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.images:
+        result = image_demo(workdir, minutes=args.minutes, steps=args.steps, num_eval=args.num_eval,
+                            sampler_steps=args.sampler_steps, seed=args.seed, overrides=args.set)
+        print(f"\n[demo] done in {result['seconds'] / 60:.1f} min. Classifier accuracy on samples: "
+              f"{100 * result['guided']['accuracy']:.1f}% with guidance, "
+              f"{100 * result['unguided']['accuracy']:.1f}% without "
+              f"(real digits: {100 * result['classifier_accuracy_on_real']:.1f}%).")
+    else:
+        result = video_demo(workdir, minutes=args.minutes, steps=args.steps, num_eval=args.num_eval,
+                            sampler_steps=args.sampler_steps, fvd=not args.no_fvd, seed=args.seed,
+                            train_clips=args.train_clips, overrides=args.set)
+        m, b = result["model"], result["copy_last_frame"]
+        print(f"\n[demo] done in {result['seconds'] / 60:.1f} min, {result['train']['step']} training steps.")
+        print("[demo]                      model   copy-last-frame")
+        for key, label in (("psnr", "PSNR dB (higher better)"), ("ssim", "SSIM (higher better)"),
+                           ("position_error_px", "position error px (lower)"), ("fvd", "FVD (lower better)")):
+            if key in m:
+                print(f"[demo] {label:27s} {m[key]:7.3f}   {b[key]:7.3f}")
+    print(f"[demo] report: {workdir / 'report.md'}; videos and images: {workdir / 'renders'}; "
+          f"checkpoints and TensorBoard logs: {workdir / 'run'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
