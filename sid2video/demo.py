@@ -256,7 +256,17 @@ def _video_report(workdir: pathlib.Path, run_dir: pathlib.Path, result: dict, pe
 
 
 def _gray(images: np.ndarray) -> np.ndarray:
-    return np.asarray(images, np.float32).max(axis=-1).reshape(len(images), -1) / 255.0
+    """Classifier features: each digit cropped to the bounding box of its bright pixels and
+    resized to 8×8, so position and scale do not matter (the colour does not either)."""
+    from PIL import Image
+
+    out = []
+    for img in np.asarray(images, np.float32).max(axis=-1):
+        ys, xs = np.nonzero(img > 64)
+        if len(ys):
+            img = img[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        out.append(np.asarray(Image.fromarray(img).resize((8, 8), Image.BILINEAR)).ravel() / 255.0)
+    return np.stack(out)
 
 
 def image_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | None, num_eval: int,
