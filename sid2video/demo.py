@@ -67,6 +67,17 @@ def load_config(variant: str, overrides: list[str] = ()):
     return config
 
 
+def _configure(variant: str, data_dir: pathlib.Path, seed: int, sampler_steps: int | None,
+               overrides: list[str]):
+    """The demo config pointed at the written data, with the command line's settings."""
+    config = load_config(variant, overrides)
+    config.data.data_dir = str(data_dir)
+    config.seed = seed
+    if sampler_steps:
+        config.sampler.num_steps = sampler_steps
+    return config
+
+
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
@@ -139,11 +150,7 @@ def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
     else:
         _say(f"1/5 the moving-digits dataset is already in {data_dir}")
 
-    config = load_config("video", overrides)
-    config.data.data_dir = str(data_dir)
-    config.seed = seed
-    if sampler_steps:
-        config.sampler.num_steps = sampler_steps
+    config = _configure("video", data_dir, seed, sampler_steps, overrides)
     run_dir = workdir / "run"
     _say("2/5 training the tiny frame-prediction model (5 given frames -> 11 predicted)")
     summary = _train(config, run_dir, minutes=minutes, steps=steps)
@@ -286,11 +293,7 @@ def image_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
         _say(f"1/5 writing {sum(counts.values())} labelled digit PNGs to {data_dir}")
         synthetic.write_digit_images(data_dir, seed=seed, counts=counts, size=IMAGE_SIZE)
         marker.write_text(json.dumps(wanted))
-    config = load_config("images", overrides)
-    config.data.data_dir = str(data_dir)
-    config.seed = seed
-    if sampler_steps:
-        config.sampler.num_steps = sampler_steps
+    config = _configure("images", data_dir, seed, sampler_steps, overrides)
     run_dir = workdir / "run"
     _say("2/5 training the tiny class-conditional image model (T = 1)")
     summary = _train(config, run_dir, minutes=minutes, steps=steps)
