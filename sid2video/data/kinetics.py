@@ -319,6 +319,20 @@ def _probe_one(path: pathlib.Path) -> tuple[video_io.VideoInfo | None, str | Non
         return None, f"{type(err).__name__}: {err}"
 
 
+def index_entry(path: pathlib.Path, rel: str, label: int, label_name: str, info) -> dict:
+    """One video's row in an index (the folder index and the prepared dataset's share it)."""
+    return {
+        "key": path.stem,
+        "path": rel,
+        "label": label,
+        "label_name": label_name,
+        "num_frames": info.num_frames,
+        "fps": info.fps,
+        "height": info.height,
+        "width": info.width,
+    }
+
+
 def build_index(
     root: str | os.PathLike,
     split: str,
@@ -373,20 +387,8 @@ def build_index(
             if info is None:
                 unreadable.append({"path": rel, "reason": error})
                 continue
-            key = path.stem
             label, label_name = labels(path)
-            entries.append(
-                {
-                    "key": key,
-                    "path": rel,
-                    "label": label,
-                    "label_name": label_name,
-                    "num_frames": info.num_frames,
-                    "fps": info.fps,
-                    "height": info.height,
-                    "width": info.width,
-                }
-            )
+            entries.append(index_entry(path, rel, label, label_name, info))
     for u in unreadable:
         log_skip_once(str(root / u["path"]), u["reason"])
     index = VideoIndex(str(root), split, labels.class_names, entries, unreadable)

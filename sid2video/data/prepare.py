@@ -296,16 +296,7 @@ def prepare_videos(
                 "width": info.width,
                 "source_path": rel,
             }
-            entry = {
-                "key": path.stem,
-                "path": rel,
-                "label": label,
-                "label_name": label_name,
-                "num_frames": info.num_frames,
-                "fps": info.fps,
-                "height": info.height,
-                "width": info.width,
-            }
+            entry = kinetics.index_entry(path, rel, label, label_name, info)
             return features.serialize_example(example), entry, None
 
         manifest = _write_split(
