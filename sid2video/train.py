@@ -446,6 +446,7 @@ def fit(config, workdir: str | pathlib.Path, *, steps: int | None = None, minute
         if lead:
             (workdir / "config.json").write_text(json.dumps(ckpt._plain(config), indent=2))
     start = int(state.step)
+    saved = checkpointer.latest_step()  # the step of the newest checkpoint, None if none
     writer = MetricWriter(workdir, enabled=lead)
     stop = _StopRequest()
     if handle_signals:
@@ -514,12 +515,15 @@ def fit(config, workdir: str | pathlib.Path, *, steps: int | None = None, minute
             bar.update(1)
             if step % tc.checkpoint_every == 0 and step < target:
                 trainer.save(checkpointer, state, it.get_state())
+                saved = step
             if tc.sample_every and step % tc.sample_every == 0:
                 _write_samples(trainer, state, workdir, step, batch)
         if pending is not None:
             handle(*pending)
             pending = None
-        trainer.save(checkpointer, state, it.get_state(), force=True)
+        # The final state, unless a periodic save (or the restored checkpoint) already holds it.
+        if saved != step:
+            trainer.save(checkpointer, state, it.get_state(), force=True)
         checkpointer.wait()
     finally:
         bar.close()

@@ -91,6 +91,11 @@ def test_sigterm_mid_run_then_resume_is_bit_identical(reference_run, tmp_path):
     for a, b in zip(_params(tmp_path, item="ema"), _params(reference_run, item="ema")):
         np.testing.assert_array_equal(a, b)
     assert _losses(tmp_path) == _losses(reference_run)
+    # Fitting a finished run again (its last checkpoint is the target step) is a no-op, not a
+    # second save of step 10.
+    again = train.fit(tiny_config(), tmp_path, steps=10, data_iterator=Batches(), progress=False)
+    assert again["start_step"] == again["step"] == 10
+    assert ckpt.Checkpointer(tmp_path).latest_step() == 10
 
 
 def test_hard_kill_between_saves_then_resume_is_bit_identical(reference_run, tmp_path):
