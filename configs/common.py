@@ -34,6 +34,7 @@ PAPER_TRAIN = dict(
     grad_clip=1.0,
     weight_decay=0.0,
     ema_decay=0.9999,
+    ema_warmup=False,  # True: decay_t = min(ema_decay, (1 + t) / (10 + t)), for short runs
 )
 
 MODEL_DEFAULTS = dict(
