@@ -171,6 +171,33 @@ def test_model_sees_the_conditioning_frames(video):
     np.testing.assert_allclose(out5[1], out[1], atol=1e-6)
 
 
+def test_cond_fill_last_gives_each_frame_the_latest_given_frame():
+    """cond_fill='last': the cond channels of a frame without conditioning hold the latest given
+    frame before it (zeros before the first); given frames and the mask channel are unchanged.
+    Checked against a plain loop over frames."""
+    cfg = uvit.UViTConfig.from_config({**VIDEO, "cond_fill": "last"})
+    model = nnx.eval_shape(lambda: uvit.UViT(cfg, rngs=nnx.Rngs(0)))
+    z, _, cond, _ = video_inputs(VIDEO)
+    mask = jnp.array([[1, 1, 1, 0, 0, 0, 0, 0], [0, 0, 1, 0, 1, 0, 0, 0]], jnp.float32)
+    x = np.asarray(uvit.UViT.inputs(model, z, cond, mask))
+    c = np.asarray(cond)
+    for b in range(B):
+        last = None
+        for t in range(cfg.num_frames):
+            if mask[b, t]:
+                last = t
+            want = c[b, last] if last is not None else np.zeros_like(c[b, t])
+            np.testing.assert_array_equal(x[b, t, ..., 3:6], want)
+            np.testing.assert_array_equal(x[b, t, ..., 6], float(mask[b, t]))
+    np.testing.assert_array_equal(x[..., :3], z)
+    # The default fill leaves the frames without conditioning at zero.
+    zeros = np.asarray(uvit.UViT.inputs(nnx.eval_shape(lambda: uvit.UViT(
+        uvit.UViTConfig.from_config(VIDEO), rngs=nnx.Rngs(0))), z, cond, mask))
+    np.testing.assert_array_equal(zeros[1, 3, ..., 3:6], 0.0)
+    with pytest.raises(ValueError, match="cond_fill"):
+        uvit.UViTConfig.from_config({**VIDEO, "cond_fill": "first"})
+
+
 def test_null_label(image):
     model, pert, f = image
     z, logsnr = image_inputs()

@@ -46,6 +46,7 @@ Array = jax.Array
 
 BLOCK_TYPES = ("resnet", "transformer")
 ATTENTION_TYPES = ("factorized", "full", "spatial")
+COND_FILLS = ("zeros", "last")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -77,6 +78,9 @@ class UViTConfig:
     num_classes                   0 = unconditional; else labels 0..num_classes−1 plus the null
                                   class num_classes
     frame_conditioning            inputs [z_t, mask·cond, mask] (clean conditioning frames)
+    cond_fill                     what the cond channels of a frame without conditioning hold:
+                                  'zeros', or 'last' (the latest given frame before it, zeros if
+                                  none), so each predicted frame sees the newest context locally
     logsnr_scale_range            (lo, hi) of the affine map of λ fed to the sinusoidal embedding
     dtype, param_dtype            compute and parameter dtypes ('bfloat16' / 'float32')
     remat, scan_blocks            rematerialise each block; scan over stacked blocks
@@ -104,6 +108,7 @@ class UViTConfig:
     dropout_from_resolution: int = 0
     num_classes: int = 0
     frame_conditioning: bool = False
+    cond_fill: str = "zeros"
     logsnr_scale_range: tuple[float, float] = (-10.0, 10.0)
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -232,6 +237,8 @@ class UViTConfig:
                        f"(dropout never applies at the top level): one of {list(allowed)}")
         if not (isinstance(self.num_classes, int) and self.num_classes >= 0):
             raise _err("num_classes", self.num_classes, "must be a non-negative integer (0 = none)")
+        if self.cond_fill not in COND_FILLS:
+            raise _err("cond_fill", self.cond_fill, f"must be one of {COND_FILLS}")
         lo, hi = self.logsnr_scale_range
         if not lo < hi:
             raise _err("logsnr_scale_range", self.logsnr_scale_range, "needs lo < hi")
@@ -353,7 +360,10 @@ class UViT(nnx.Module):
         if cond.shape != z.shape:
             raise ValueError(f"cond has shape {cond.shape}; expected z's shape {z.shape}")
         mask_channel = jnp.broadcast_to(mask, z.shape[:4] + (1,))
-        return jnp.concatenate([z, mask * cond.astype(z.dtype), mask_channel], axis=-1)
+        given = mask * cond.astype(z.dtype)
+        if cfg.cond_fill == "last":
+            given = fill_from_last(given, cond_mask)
+        return jnp.concatenate([z, given, mask_channel], axis=-1)
 
     def __call__(self, z: Array, logsnr: Array, *, cond: Array | None = None,
                  cond_mask: Array | None = None, label: Array | None = None,
@@ -377,6 +387,18 @@ class UViT(nnx.Module):
 def null_labels(label: Array, drop: Array, num_classes: int) -> Array:
     """Replace label by the null class `num_classes` where `drop` is true (per example)."""
     return jnp.where(drop, num_classes, label)
+
+
+def fill_from_last(frames: Array, mask: Array) -> Array:
+    """Each frame of `frames` [B, T, ...] whose `mask` [B, T] is 0 replaced by the latest frame
+    before it whose mask is 1 (zeros where there is none); frames with mask 1 are kept."""
+    t = frames.shape[1]
+    steps = jnp.arange(t)[None, :]
+    source = jax.lax.cummax(jnp.where(jnp.asarray(mask) > 0, steps, -1), axis=1)  # [B, T]
+    idx = jnp.maximum(source, 0).reshape(source.shape + (1,) * (frames.ndim - 2))
+    picked = jnp.take_along_axis(frames, idx, axis=1)
+    keep = (source >= 0).reshape(idx.shape)
+    return jnp.where(keep, picked, jnp.zeros_like(picked))
 
 
 def null_cond_masks(cond_mask: Array, drop: Array) -> Array:
