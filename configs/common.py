@@ -54,6 +54,7 @@ MODEL_DEFAULTS = dict(
     dropout=0.0,
     dropout_from_resolution=0,
     frame_conditioning=False,
+    cond_fill="zeros",  # or "last": unconditioned frames see the latest given frame
     logsnr_scale_range=(-10.0, 10.0),  # logsnr_input_type='linear' (simple diffusion B.2)
     dtype="float32",
     param_dtype="float32",
