@@ -246,8 +246,9 @@ class Trainer:
         def model_fn(z, logsnr):
             return model(z, logsnr, cond=cond, cond_mask=cond_mask, label=label, deterministic=False)
 
+        # Conditioning frames enter z_t clean, as the samplers hold them.
         return losses.diffusion_loss(model_fn, x, rng_loss, schedule=self.schedule, cfg=self.loss_cfg,
-                                     mask=loss_mask, step=step)
+                                     mask=loss_mask, clean=cond_mask, step=step)
 
     def train_step(self, state: TrainState, batch: Mapping[str, Array], rng: Array):
         """One update. `rng` is the run's base key; this step uses fold_in(rng, state.step), so a

@@ -339,13 +339,16 @@ def diffusion_loss(
     schedule: Schedule,
     cfg: LossConfig,
     mask: Array | None = None,
+    clean: Array | None = None,
     step: Array | int = 0,
 ) -> tuple[Array, dict[str, Array]]:
     """The training loss of a batch: mean over examples of `per_example_loss`.
 
     model_fn(z, logsnr) returns the network output for the configured `mean_type`; the caller
     closes over everything else the network needs (labels, conditioning frames, dropout rngs).
-    `mask` [B, T] marks the frames the loss covers (1 = predicted frame).
+    `mask` [B, T] marks the frames the loss covers (1 = predicted frame). `clean` [B, T] marks the
+    frames that enter z_t clean instead of noised (1 = conditioning frame), as the samplers hold
+    them: the network sees the same inputs in training and in sampling.
     """
     t_rng, eps_rng = jax.random.split(rng)
     t = jax.random.uniform(t_rng, x.shape[:1], jnp.float32)
@@ -353,6 +356,9 @@ def diffusion_loss(
     logsnr = schedule(t)
     dlogsnr_dt = schedule.dlogsnr_dt(t)
     z = param.diffuse(x, eps, logsnr)
+    if clean is not None:
+        keep = jnp.asarray(clean).reshape(clean.shape + (1,) * (x.ndim - clean.ndim)) > 0
+        z = jnp.where(keep, x, z)
     out = model_fn(z, logsnr).astype(jnp.float32)
     x_hat, eps_hat = param.predictions(out, z, logsnr, cfg.mean_type)
     losses = per_example_loss(
