@@ -100,8 +100,16 @@ class Generator:
             # Unconditional: the null class if there are classes, else no conditioning frames.
             u_label = null_label if use_label else label
             u_mask = cond_mask if (use_label or cond_mask is None) else jnp.zeros_like(cond_mask)
+            # Without its conditioning frames the model was trained on them noised like the rest:
+            # the unconditional half sees them noised to the current logSNR (one fixed draw).
+            drop_frames = has_cond and not use_label and self.num_cond > 0
+            eps_u = jax.random.normal(jax.random.fold_in(rng, 1), x_cond.shape) if drop_frames else None
 
             def predict_both(z2, logsnr2):
+                if drop_frames:
+                    noised = parametrization.diffuse(x_cond, eps_u, logsnr2[b:])
+                    z_u = jnp.where(cond_mask[:, :, None, None, None] > 0, noised, z2[b:])
+                    z2 = jnp.concatenate([z2[:b], z_u])
                 both_mask = None if cond_mask is None else jnp.concatenate([cond_mask, u_mask])
                 out = model(z2, logsnr2, cond=jnp.concatenate([x_cond, x_cond]) if has_cond else None,
                             cond_mask=both_mask,
