@@ -309,22 +309,6 @@ def _fill(graphdef, state, arrays: dict[str, np.ndarray]):
     return graphdef, state
 
 
-@functools.lru_cache(maxsize=4)
-def _abstract(precision):
-    """(graphdef, state of ShapeDtypeStructs), built once per precision."""
-    return nnx.split(nnx.eval_shape(lambda: I3D(precision=precision, rngs=nnx.Rngs(0))))
-
-
-_JITTED: dict = {}
-
-
-def _jitted_apply(graphdef):
-    """One jitted function per network structure, shared by every `load()`."""
-    if id(graphdef) not in _JITTED:
-        _JITTED[id(graphdef)] = (graphdef, jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)))
-    return _JITTED[id(graphdef)][1]
-
-
 class I3DFeatures:
     """Jitted I3D: [B, T, 224, 224, 3] in [-1, 1] -> [B, 400] time-averaged logits (float32).
 
@@ -335,7 +319,7 @@ class I3DFeatures:
     def __init__(self, graphdef, state):
         self.graphdef = graphdef
         self.params = wlib.ReplicatedParams(state)
-        self._apply = _jitted_apply(graphdef)
+        self._apply = wlib.jitted_apply(graphdef)
 
     def __call__(self, videos):
         shape = getattr(videos, "shape", None)
@@ -356,5 +340,5 @@ def load(*, precision=jax.lax.Precision.HIGHEST) -> I3DFeatures:
     would otherwise use reduced-precision (e.g. TF32) matmuls.
     """
     arrays = _cached_weights()
-    graphdef, state = _fill(*_abstract(precision), arrays)
+    graphdef, state = _fill(*wlib.abstract_network(I3D, precision), arrays)
     return I3DFeatures(graphdef, state)

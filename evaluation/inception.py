@@ -246,24 +246,6 @@ def _torch_key(path) -> str:
     return ".".join(parts[:-2] + [_LEAF_TO_TORCH[tuple(parts[-2:])]])
 
 
-@functools.lru_cache(maxsize=4)
-def _abstract(precision):
-    """(graphdef, state of ShapeDtypeStructs), built once per precision: tracing ~100 layers is slow."""
-    return nnx.split(nnx.eval_shape(lambda: InceptionV3(precision=precision, rngs=nnx.Rngs(0))))
-
-
-_JITTED: dict = {}
-
-
-def _jitted_apply(graphdef):
-    """One jitted function per network structure, shared by every set of weights for it."""
-    if id(graphdef) not in _JITTED:
-        def apply(s, x):
-            return nnx.merge(graphdef, s)(preprocess(x))
-        _JITTED[id(graphdef)] = (graphdef, jax.jit(apply))   # holds graphdef, so its id stays unique
-    return _JITTED[id(graphdef)][1]
-
-
 def _torch_to_ours(key: str, value: np.ndarray) -> np.ndarray:
     value = np.asarray(value, np.float32)
     if key.endswith("conv.weight"):
@@ -290,7 +272,7 @@ def convert(src, dst=None, *, check_sha256: bool = True) -> pathlib.Path:
             raise ValueError(f"{src} has SHA-256 {digest}, which does not start with {WEIGHTS_SHA256_PREFIX}: "
                              f"it is not pytorch-fid's {WEIGHTS_FILE} (corrupt or another file); {_WHERE}")
     state_dict = wlib.read_torch_state_dict(src)
-    _, state = _abstract(jax.lax.Precision.HIGHEST)   # names and shapes only
+    _, state = wlib.abstract_network(InceptionV3, jax.lax.Precision.HIGHEST)   # names and shapes only
     arrays, used = {}, set()
 
     def take(path, leaf):
@@ -341,7 +323,7 @@ class InceptionFeatures:
     def __init__(self, graphdef, state):
         self.graphdef = graphdef
         self.params = wlib.ReplicatedParams(state)
-        self._apply = _jitted_apply(graphdef)
+        self._apply = wlib.jitted_apply(graphdef, preprocess)
 
     def __call__(self, images):
         images = _as_images(images)
@@ -350,7 +332,7 @@ class InceptionFeatures:
 
 def _from_arrays(arrays: dict[str, np.ndarray], origin: str, precision) -> InceptionFeatures:
     arrays = {k: v for k, v in arrays.items() if k != _SOURCE_KEY}
-    graphdef, state = _abstract(precision)
+    graphdef, state = wlib.abstract_network(InceptionV3, precision)
     used = set()
 
     def take(path, leaf):
@@ -399,7 +381,7 @@ def load(path: str | os.PathLike | None = None, *, precision=jax.lax.Precision.H
 
 def random(seed: int = 0, *, precision=jax.lax.Precision.HIGHEST) -> InceptionFeatures:
     """The network with random weights (for tests and shape checks; not for reporting FID)."""
-    graphdef, state = _abstract(precision)
+    graphdef, state = wlib.abstract_network(InceptionV3, precision)
     rng = np.random.default_rng(seed)
 
     def init(path, leaf):

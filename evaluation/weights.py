@@ -11,6 +11,7 @@ else fails with `pickle.UnpicklingError`. Converted weights are written once as 
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import io
 import os
@@ -30,7 +31,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 __all__ = [
     "cache_dir", "sha256", "load_numpy_pickle", "flatten", "read_torch_state_dict", "save_npz", "load_npz",
-    "ReplicatedParams",
+    "ReplicatedParams", "abstract_network", "jitted_apply",
 ]
 
 
@@ -342,3 +343,28 @@ class ReplicatedParams:
                 self._placed.clear()
             self._placed[key] = jax.device_put(self.host, target)
         return self._placed[key]
+
+
+@functools.lru_cache(maxsize=8)
+def abstract_network(cls, precision):
+    """(graphdef, state of ShapeDtypeStructs) of `cls(precision=..., rngs=...)`, built once per
+    network class and precision: tracing a deep network's ~100 layers is slow."""
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+
+    return nnx.split(nnx.eval_shape(lambda: cls(precision=precision, rngs=nnx.Rngs(0))))
+
+
+_JITTED: dict = {}
+
+
+def jitted_apply(graphdef, preprocess=None):
+    """One jitted `apply(state, x)` per network structure (and input transform), shared by every
+    set of weights for it; `preprocess`, if given, maps the input first inside the same program."""
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+
+    key = (id(graphdef), preprocess)
+    if key not in _JITTED:
+        def apply(state, x):
+            return nnx.merge(graphdef, state)(x if preprocess is None else preprocess(x))
+        _JITTED[key] = (graphdef, jax.jit(apply))  # holds graphdef, so its id stays unique
+    return _JITTED[key][1]
