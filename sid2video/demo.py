@@ -102,12 +102,9 @@ def _loss_curve(run_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- positions
 
 
-def centroids(video: np.ndarray, threshold: float = 48.0) -> np.ndarray:
-    """The brightness centroid (y, x) of every frame of [B, T, H, W, C] uint8: where the digit is.
-
-    The background is black; pixels darker than `threshold` (sampling speckle) do not count.
-    A frame with no bright pixel gets the frame centre.
-    """
+def _moments(video: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame of [B, T, H, W, C] uint8: the bright mass, its centroid (y, x) and its spread
+    (root mean squared distance of the bright pixels from the centroid)."""
     v = np.asarray(video, np.float64).max(axis=-1)
     w = np.maximum(v - threshold, 0.0)
     h, wd = v.shape[-2:]
@@ -116,7 +113,29 @@ def centroids(video: np.ndarray, threshold: float = 48.0) -> np.ndarray:
     safe = np.where(total > 0, total, 1.0)
     cy = np.where(total > 0, (w * ys).sum(axis=(-2, -1)) / safe, (h - 1) / 2)
     cx = np.where(total > 0, (w * xs).sum(axis=(-2, -1)) / safe, (wd - 1) / 2)
-    return np.stack([cy, cx], axis=-1)
+    dist2 = (ys - cy[..., None, None]) ** 2 + (xs - cx[..., None, None]) ** 2
+    spread = np.sqrt((w * dist2).sum(axis=(-2, -1)) / safe)
+    return total, np.stack([cy, cx], axis=-1), spread
+
+
+def centroids(video: np.ndarray, threshold: float = 48.0) -> np.ndarray:
+    """The brightness centroid (y, x) of every frame of [B, T, H, W, C] uint8: where the digit is.
+
+    The background is black; pixels darker than `threshold` (sampling speckle) do not count.
+    A frame with no bright pixel gets the frame centre.
+    """
+    return _moments(video, threshold)[1]
+
+
+def digit_shown(video: np.ndarray, truth: np.ndarray, threshold: float = 48.0) -> np.ndarray:
+    """Whether each frame of `video` shows one digit like the one in the same frame of `truth`
+    ([B, T] bool): its bright mass within a factor 2 of the truth's and its bright pixels no more
+    spread out than 1.5 times the truth's (+ half a pixel). Noise or an empty frame fails, so a
+    centroid that lands near the digit by chance is not mistaken for a prediction."""
+    mass, _, spread = _moments(video, threshold)
+    mass_true, _, spread_true = _moments(truth, threshold)
+    ratio = mass / np.maximum(mass_true, 1e-9)
+    return (ratio >= 0.5) & (ratio <= 2.0) & (spread <= 1.5 * spread_true + 0.5)
 
 
 def true_positions(truth: np.ndarray, top_left: np.ndarray) -> np.ndarray:
@@ -183,10 +202,11 @@ def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
     for name, video in (("model", pred), ("copy_last_frame", baseline)):
         m = metrics.frame_metrics(video, truth, num_cond)
         err = np.linalg.norm(centroids(video[:, num_cond:]) - where[:, num_cond:], axis=-1)
+        shown = digit_shown(video[:, num_cond:], truth[:, num_cond:])
         per_frame[name] = {"psnr": m["psnr"].mean(0), "ssim": m.get("ssim", m["mse"] * np.nan).mean(0),
                            "position_error": err.mean(0)}
         result[name] = {"psnr": float(m["psnr"].mean()), "ssim": float(np.nanmean(per_frame[name]["ssim"])),
-                        "position_error_px": float(err.mean())}
+                        "position_error_px": float(err.mean()), "digit_shown": float(shown.mean())}
     if fvd:
         from evaluation import fvd as fvd_lib
 
@@ -235,7 +255,7 @@ def _video_report(workdir: pathlib.Path, run_dir: pathlib.Path, result: dict, pe
     plt.close(fig)
     rows = ["| | model | copy-last-frame |", "|---|---|---|"]
     for key, label in (("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"), ("position_error_px", "position error (px) ↓"),
-                       ("fvd", "FVD ↓")):
+                       ("digit_shown", "frames showing a digit ↑"), ("fvd", "FVD ↓")):
         if key in result["model"]:
             rows.append(f"| {label} | {result['model'][key]:.3f} | {result['copy_last_frame'][key]:.3f} |")
     grid = [p for p in result["renders"] if p.endswith("_grid.mp4")]
@@ -248,7 +268,8 @@ def _video_report(workdir: pathlib.Path, run_dir: pathlib.Path, result: dict, pe
         *rows, "",
         "Metrics cover the predicted frames only. The position error is the distance between the "
         "digit's brightness centroid in a predicted frame and its true position (saved top-left "
-        "corner plus the glyph's centroid offset).",
+        "corner plus the glyph's centroid offset). A frame shows a digit when its bright pixels have "
+        "the true frame's mass within a factor 2 and are not much more spread out (noise fails).",
         *([f"FVD: {result['fvd_protocol']}; with so few clips it compares the two rows, it is "
            "not comparable to published FVD."] if "fvd" in result["model"] else []), "",
         f"![metrics]({plot.name})", "",
@@ -386,7 +407,8 @@ def run(argv: list[str]) -> int:
         print(f"\n[demo] done in {result['seconds'] / 60:.1f} min, {result['train']['step']} training steps.")
         print("[demo]                      model   copy-last-frame")
         for key, label in (("psnr", "PSNR dB (higher better)"), ("ssim", "SSIM (higher better)"),
-                           ("position_error_px", "position error px (lower)"), ("fvd", "FVD (lower better)")):
+                           ("position_error_px", "position error px (lower)"),
+                           ("digit_shown", "frames showing a digit"), ("fvd", "FVD (lower better)")):
             if key in m:
                 print(f"[demo] {label:27s} {m[key]:7.3f}   {b[key]:7.3f}")
     print(f"[demo] report: {workdir / 'report.md'}; videos and images: {workdir / 'renders'}; "

@@ -22,7 +22,8 @@ def test_video_demo_writes_decodable_mp4s_and_a_report(video_demo):
     result = json.loads((video_demo / "result.json").read_text())
     assert result["train"]["step"] == 2 and result["num_clips"] == 2 and result["num_cond"] == 5
     for row in ("model", "copy_last_frame"):
-        assert set(result[row]) == {"psnr", "ssim", "position_error_px"}
+        assert set(result[row]) == {"psnr", "ssim", "position_error_px", "digit_shown"}
+        assert 0.0 <= result[row]["digit_shown"] <= 1.0
         assert np.isfinite(result[row]["psnr"]) and result[row]["position_error_px"] >= 0
     clips = [p for p in result["renders"] if p.endswith(".mp4")]
     assert len(clips) == 3  # two clips and the grid
@@ -48,6 +49,13 @@ def test_positions_follow_the_saved_ground_truth():
         video[0, f, y:y + 3, x:x + 2] = 255  # a 3x2 block: centroid offset (1, 0.5)
     np.testing.assert_allclose(demo.centroids(video), corners + [1.0, 0.5])
     np.testing.assert_allclose(demo.true_positions(video, corners), corners + [1.0, 0.5])
+    # The same blocks moved are digits; an empty frame, uniform noise, and a block 3x as big are not.
+    moved = np.roll(video, 2, axis=3)
+    rng = np.random.default_rng(0)
+    other = np.stack([np.zeros((16, 16, 3)), rng.integers(0, 256, (16, 16, 3)), np.zeros((16, 16, 3))])
+    other[2, 0:9, 0:6] = 255
+    shown = demo.digit_shown(np.stack([moved[0], other.astype(np.uint8)]), np.concatenate([video, video]))
+    np.testing.assert_array_equal(shown, [[True, True, True], [False, False, False]])
 
 
 def test_image_demo(tmp_path):
