@@ -2,7 +2,8 @@
 
     --config configs/demo.py:video    16 frames of 16², condition on 5, predict 11; 2×2 patches
                                       -> an 8×8 map with factorized convs, then factorized
-                                      space/time attention at 4²
+                                      space/time attention at 4²; each predicted frame also
+                                      sees the last given frame (cond_fill='last')
     --config configs/demo.py:images   T = 1, 16² class-conditional digits (10 classes), the 2D
                                       Residual U-ViT
 Training settings are sized for minutes on a CPU, not the papers'.
@@ -29,8 +30,10 @@ _TINY = dict(
     scan_blocks=False,
 )
 
+# ema_warmup: a run of a few hundred steps would otherwise sample from an EMA that is still
+# mostly the initial network (0.999^600 ≈ 0.55).
 _TRAIN = dict(batch_size=16, num_steps=2000, learning_rate=1e-3, warmup_steps=100,
-              ema_decay=0.999, log_every=10, checkpoint_every=200, keep_checkpoints=2)
+              ema_decay=0.999, ema_warmup=True, log_every=10, checkpoint_every=200, keep_checkpoints=2)
 
 
 def get_config(variant: str = "video"):
@@ -39,8 +42,11 @@ def get_config(variant: str = "video"):
             data=dict(dataset="moving_digits", num_frames=16, num_cond_frames=5, resolution=16,
                       frame_stride=1, num_classes=0),
             model=dict(_TINY, patch_size=2, conv="factorized", attention="factorized",
-                       frame_conditioning=True),
-            schedule=dict(name="cosine", logsnr_min=-10.0, logsnr_max=10.0),
+                       frame_conditioning=True, cond_fill="last"),
+            # 16² frames: the cosine schedule shifted by 2·log(64/16) (simple diffusion's rule
+            # for resolutions away from 64²), so training and sampling spend their time at
+            # noise levels that matter for small frames.
+            schedule=dict(name="cosine_shifted", image_d=16, noise_d=64, logsnr_min=-10.0, logsnr_max=10.0),
             loss=dict(weighting="sigmoid", bias=0.0, cond_drop_rate=0.0),
             sampler=dict(method="addim", num_steps=32, guidance=0.0, guidance_interval=None),
             train=dict(_TRAIN),
