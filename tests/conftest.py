@@ -14,8 +14,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # grain's worker processes refuse to start unless absl flags have been parsed.
 absl.flags.FLAGS.mark_as_parsed()
 
-# Repeated runs of the suite skip recompiling the same functions.
-jax.config.update("jax_compilation_cache_dir", str(ROOT / ".jax_cache"))
+# Repeated runs of the suite skip recompiling the same functions. Each pytest-xdist worker keeps
+# its own cache directory, so workers never contend for one cache's files or locks.
+jax.config.update("jax_compilation_cache_dir",
+                  str(ROOT / ".jax_cache" / os.environ.get("PYTEST_XDIST_WORKER", "main")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
