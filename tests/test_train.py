@@ -44,6 +44,13 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows}
 
 
+# Sharded and unsharded runs sum gradients in another order. Adam divides each update by the
+# gradient's own RMS, so an element whose gradient is near zero turns a float32 rounding
+# difference into an update difference of a few 1e-6; a wrong reduction moves parameters by
+# the learning rate (up to 3e-3 per step here) and still fails.
+PARAM_ATOL = 2e-5
+
+
 @pytest.fixture(scope="module")
 def reference_run(tiny_run):
     """An uninterrupted 10-step run (conftest)."""
@@ -125,8 +132,8 @@ def test_data_parallel_and_fsdp_on_8_devices_equal_one_device(reference_run, tmp
     np.testing.assert_allclose(r["fsdp_loss"], ref_losses, rtol=1e-5)
     ref = _params(reference_run, step=4)
     for j, p in enumerate(ref):
-        np.testing.assert_allclose(r[f"dp_p{j}"], p, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(r[f"fsdp_p{j}"], p, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(r[f"dp_p{j}"], p, rtol=1e-4, atol=PARAM_ATOL)
+        np.testing.assert_allclose(r[f"fsdp_p{j}"], p, rtol=1e-4, atol=PARAM_ATOL)
 
 
 def test_two_processes_train_like_one(reference_run, tmp_path):
@@ -141,7 +148,7 @@ def test_two_processes_train_like_one(reference_run, tmp_path):
         assert p.returncode == 0, err[-3000:]
     assert ckpt.Checkpointer(tmp_path).all_steps()[-1] == 10
     for a, b in zip(_params(tmp_path), _params(reference_run)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=PARAM_ATOL)
     ref, got = _losses(reference_run), _losses(tmp_path)
     assert sorted(got) == sorted(ref)
     np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)], rtol=1e-4)
