@@ -411,6 +411,15 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def _any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process (a small all-gather when there are several)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
 def fit(config, workdir: str | pathlib.Path, *, steps: int | None = None, minutes: float | None = None,
         data_iterator: Iterator | None = None, progress: bool = True,
         handle_signals: bool = True) -> dict[str, Any]:
@@ -501,11 +510,14 @@ def fit(config, workdir: str | pathlib.Path, *, steps: int | None = None, minute
     try:
         step = start
         while step < target:
+            local = None
             if stop.signal is not None:
-                reason = f"signal {signal.Signals(stop.signal).name}"
-                break
-            if minutes is not None and time.perf_counter() - t_start > 60 * minutes:
-                reason = f"time budget of {minutes} min"
+                local = f"signal {signal.Signals(stop.signal).name}"
+            elif minutes is not None and time.perf_counter() - t_start > 60 * minutes:
+                local = f"time budget of {minutes} min"
+            # Every process stops at the same step (the save and the train step are collective).
+            if _any_process(local is not None):
+                reason = local or "another process stopped (signal or time budget)"
                 break
             batch = next(it)
             state, metrics = trainer.step(state, batch)

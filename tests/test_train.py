@@ -136,16 +136,28 @@ def test_data_parallel_and_fsdp_on_8_devices_equal_one_device(reference_run, tmp
         np.testing.assert_allclose(r[f"fsdp_p{j}"], p, rtol=1e-4, atol=PARAM_ATOL)
 
 
-def test_two_processes_train_like_one(reference_run, tmp_path):
+def _two_processes(workdir, *extra):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, WORKER, "dist", str(tmp_path), "10", str(p), "2", str(port)],
+    procs = [subprocess.Popen([sys.executable, WORKER, "dist", str(workdir), "10", str(p), "2", str(port), *extra],
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for p in range(2)]
-    errs = [p.communicate(timeout=600)[1] for p in procs]
-    for p, err in zip(procs, errs):
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in outs]
+
+
+def test_two_processes_train_like_one(reference_run, tmp_path):
+    # Only the second process gets a SIGTERM (at batch 6): both stop after step 7 and save it,
+    # instead of one process waiting forever in a collective the other never joins.
+    outs = _two_processes(tmp_path, "6")
+    assert "stopped at 7 by signal SIGTERM" in outs[1], outs
+    assert "stopped at 7 by another process" in outs[0], outs
+    assert ckpt.Checkpointer(tmp_path).all_steps()[-1] == 7
+    # Resumed, the two processes finish the run like one process did.
+    _two_processes(tmp_path)
     assert ckpt.Checkpointer(tmp_path).all_steps()[-1] == 10
     for a, b in zip(_params(tmp_path), _params(reference_run)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=PARAM_ATOL)

@@ -2,7 +2,8 @@
 
     python tests/train_worker.py kill WORKDIR STEPS KILL_AT      train, SIGKILL itself at batch KILL_AT
     python tests/train_worker.py shard OUT                      4 steps with DP and FSDP on 8 devices
-    python tests/train_worker.py dist WORKDIR STEPS PID NPROC PORT   one process of a multi-process run
+    python tests/train_worker.py dist WORKDIR STEPS PID NPROC PORT [TERM_AT]
+                                                                   one process of a multi-process run
 """
 
 from __future__ import annotations
@@ -103,15 +104,25 @@ def _shard(out: str) -> None:
     }, fsdp_split=results["fsdp_split"])
 
 
-def _dist(workdir: str, steps: int, pid: int, nproc: int, port: int) -> None:
+def _dist(workdir: str, steps: int, pid: int, nproc: int, port: int, term_at: int = -1) -> None:
+    """One process of a multi-process run; with term_at >= 0 the last process alone receives a
+    SIGTERM while fetching that batch (the others must stop at the same step)."""
+    import signal
+
     from sid2video import train
 
     train.initialize_distributed(f"127.0.0.1:{port}", nproc, pid)
     import jax
 
     assert jax.process_count() == nproc
-    train.fit(tiny_config(), workdir, steps=steps, data_iterator=Batches(pid, nproc), progress=False,
-              handle_signals=False)
+
+    def hook(i):
+        if pid == nproc - 1 and i == term_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    summary = train.fit(tiny_config(), workdir, steps=steps, data_iterator=Batches(pid, nproc, hook=hook),
+                        progress=False, handle_signals=term_at >= 0)
+    print(f"stopped at {summary['step']} by {summary['stopped_by']}", flush=True)
 
 
 if __name__ == "__main__":
@@ -124,6 +135,6 @@ if __name__ == "__main__":
     elif mode == "shard":
         _shard(args[0])
     elif mode == "dist":
-        _dist(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]))
+        _dist(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]), *map(int, args[5:6]))
     else:
         raise SystemExit(f"unknown mode {mode}")
