@@ -377,7 +377,8 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--minutes", type=float, default=7.0, help="training time budget (default 7)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--images", action="store_true", help="the class-conditional image demo (T = 1)")
-    parser.add_argument("--num-eval", type=int, default=16, help="held-out clips / samples to evaluate")
+    parser.add_argument("--num-eval", type=int, default=None,
+                        help="held-out clips to predict (default 16) / images to sample (default 100)")
     parser.add_argument("--sampler-steps", type=int, default=None, help="sampling steps (default: config)")
     parser.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D on the CPU is slow)")
     parser.add_argument("--train-clips", type=int, default=256, help="training clips to write")
@@ -392,6 +393,8 @@ def run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     workdir = pathlib.Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.num_eval is None:
+        args.num_eval = 100 if args.images else 16
     if args.images:
         result = image_demo(workdir, minutes=args.minutes, steps=args.steps, num_eval=args.num_eval,
                             sampler_steps=args.sampler_steps, seed=args.seed, overrides=args.set)
