@@ -289,26 +289,6 @@ def _cached_weights() -> dict[str, np.ndarray]:
     return arrays
 
 
-def _fill(graphdef, state, arrays: dict[str, np.ndarray]):
-    used = set()
-
-    def take(path, leaf):
-        key = _param_key(path)
-        if key not in arrays:
-            raise KeyError(f"I3D weight {key!r} is missing from the converted weights")
-        value = np.asarray(arrays[key], np.float32)
-        if value.shape != tuple(leaf.shape):
-            raise ValueError(f"I3D weight {key!r} has shape {value.shape}, the network expects {tuple(leaf.shape)}")
-        used.add(key)
-        return value
-
-    state = jax.tree_util.tree_map_with_path(take, state)
-    extra = set(arrays) - used
-    if extra:
-        raise ValueError(f"unused I3D weights (architecture mismatch): {sorted(extra)[:5]}")
-    return graphdef, state
-
-
 class I3DFeatures:
     """Jitted I3D: [B, T, 224, 224, 3] in [-1, 1] -> [B, 400] time-averaged logits (float32).
 
@@ -340,5 +320,6 @@ def load(*, precision=jax.lax.Precision.HIGHEST) -> I3DFeatures:
     would otherwise use reduced-precision (e.g. TF32) matmuls.
     """
     arrays = _cached_weights()
-    graphdef, state = _fill(*wlib.abstract_network(I3D, precision), arrays)
+    graphdef, state = wlib.abstract_network(I3D, precision)
+    state = wlib.fill_state(state, arrays, _param_key, "I3D weights")
     return I3DFeatures(graphdef, state)

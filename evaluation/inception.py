@@ -333,21 +333,7 @@ class InceptionFeatures:
 def _from_arrays(arrays: dict[str, np.ndarray], origin: str, precision) -> InceptionFeatures:
     arrays = {k: v for k, v in arrays.items() if k != _SOURCE_KEY}
     graphdef, state = wlib.abstract_network(InceptionV3, precision)
-    used = set()
-
-    def take(path, leaf):
-        key = ".".join(_path_parts(path))
-        if key not in arrays:
-            raise KeyError(f"{origin}: parameter {key!r} is missing")
-        value = np.asarray(arrays[key], np.float32)
-        if value.shape != tuple(leaf.shape):
-            raise ValueError(f"{origin}: parameter {key!r} has shape {value.shape}, expected {tuple(leaf.shape)}")
-        used.add(key)
-        return value
-
-    state = jax.tree_util.tree_map_with_path(take, state)
-    if set(arrays) - used:
-        raise ValueError(f"{origin}: unexpected parameters {sorted(set(arrays) - used)[:5]}")
+    state = wlib.fill_state(state, arrays, lambda path: ".".join(_path_parts(path)), origin)
     return InceptionFeatures(graphdef, state)
 
 

@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 __all__ = [
     "cache_dir", "sha256", "load_numpy_pickle", "flatten", "read_torch_state_dict", "save_npz", "load_npz",
-    "ReplicatedParams", "abstract_network", "jitted_apply",
+    "ReplicatedParams", "abstract_network", "jitted_apply", "fill_state",
 ]
 
 
@@ -368,3 +368,28 @@ def jitted_apply(graphdef, preprocess=None):
             return nnx.merge(graphdef, state)(x if preprocess is None else preprocess(x))
         _JITTED[key] = (graphdef, jax.jit(apply))  # holds graphdef, so its id stays unique
     return _JITTED[key][1]
+
+
+def fill_state(state, arrays: dict[str, np.ndarray], key_of, origin: str):
+    """The abstract network `state` with every leaf taken from `arrays` (float32) under the key
+    `key_of(path)`. A missing key is a KeyError; a wrong shape or a key the network does not use
+    is a ValueError; each names `origin` and the key."""
+    used = set()
+
+    def take(path, leaf):
+        key = key_of(path)
+        if key not in arrays:
+            raise KeyError(f"{origin}: parameter {key!r} is missing")
+        value = np.asarray(arrays[key], np.float32)
+        if value.shape != tuple(leaf.shape):
+            raise ValueError(f"{origin}: parameter {key!r} has shape {value.shape}, the network expects "
+                             f"{tuple(leaf.shape)}")
+        used.add(key)
+        return value
+
+    state = jax.tree_util.tree_map_with_path(take, state)
+    extra = set(arrays) - used
+    if extra:
+        raise ValueError(f"{origin}: parameters the network does not have (architecture mismatch): "
+                         f"{sorted(extra)[:5]}")
+    return state
