@@ -12,7 +12,6 @@ devices, which is the best a dense kernel reaches here. Both figures are printed
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 import time
@@ -26,11 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def load_config(spec: str):
+    from sid2video import cli
+
     path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("bench_config", ROOT / path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
+    return cli.load_config_file(ROOT / path, variant or None)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:

@@ -22,14 +22,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("sid2video.models.flops", "print parameters, FLOPs and activation memory of a config"),
 }
 
-_PLANNED = {
-    "demo": (
-        "sid2video demo --workdir DIR will: (1) write an embedded moving-digits video dataset as MP4s "
-        "in the Kinetics600 layout; (2) train the tiny 5->11 frame-prediction config; (3) predict "
-        "held-out clips with aDDIM from the EMA parameters; (4) report PSNR/SSIM, object-position "
-        "error and FVD beside a copy-last-frame baseline; (5) render MP4s and a Markdown report."
-    ),
-}
+
+def load_config_file(path, variant: str | None = None):
+    """`get_config(variant)` of the config file at `path` (an ml_collections config module)."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    import pathlib  # pylint: disable=import-outside-toplevel
+
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(f"sid2video_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
 
 
 def parse_flags(prog: str, argv: list[str], define: Callable[[Any], None] | None = None,
@@ -87,18 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         parser.error(f"unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}")
     module_name, _ = SUBCOMMANDS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        module = None
-    run = getattr(module, "run", None)
-    if run is None:
-        plan = _PLANNED.get(name, "")
-        print(f"sid2video {name}: not yet available in this version. {plan}".strip())
-        return 0 if name == "demo" else 2
-    return int(run(rest) or 0)
+    return int(importlib.import_module(module_name).run(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ without classifier-free guidance, scored by a classifier the demo trains on the 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import pathlib
@@ -23,6 +22,8 @@ import warnings
 from typing import Any
 
 import numpy as np
+
+from sid2video import cli
 
 log = logging.getLogger("sid2video.demo")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,10 +40,7 @@ def load_config(variant: str, overrides: list[str] = ()):
     path = ROOT / "configs" / "demo.py"
     if not path.exists():
         raise SystemExit(f"sid2video demo: {path} is missing; run the demo from a source checkout")
-    spec = importlib.util.spec_from_file_location("sid2video_demo_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(variant)
+    config = cli.load_config_file(path, variant)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
