@@ -39,8 +39,9 @@ _TRAIN = dict(batch_size=16, num_steps=2000, learning_rate=1e-3, warmup_steps=10
 def get_config(variant: str = "video"):
     if variant == "video":
         return common.base(
+            # cache_mb: the 256 training clips decode once (5 MB at 16²) instead of every step.
             data=dict(dataset="moving_digits", num_frames=16, num_cond_frames=5, resolution=16,
-                      frame_stride=1, num_classes=0),
+                      frame_stride=1, num_classes=0, cache_mb=64),
             model=dict(_TINY, patch_size=2, conv="factorized", attention="factorized",
                        frame_conditioning=True, cond_fill="last"),
             # 16² frames: the cosine schedule shifted by 2·log(64/16) (simple diffusion's rule

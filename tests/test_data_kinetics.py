@@ -135,6 +135,43 @@ def test_short_side_resize_then_crop(dataset):
     assert np.abs(blue[1:-1] - expected[1:-1]).max() < 6
 
 
+def test_decoded_cache_gives_the_same_clips_and_stays_within_its_budget(dataset):
+    import pickle
+
+    index = kinetics.build_index(dataset, "train", progress=False)
+    usable, _ = index.usable(SPEC)
+    source = kinetics.FolderClipSource(index, usable)
+    records = [source[i] for i in range(len(source))]
+    for size in [(32, 24), (16, 16)]:  # crop only; short-side resize then crop
+        plain = kinetics.ClipDecoder(SPEC, size, train=True)
+        cached = kinetics.ClipDecoder(SPEC, size, train=True, cache_mb=1)
+        for rounds in range(2):
+            for i, rec in enumerate(records):
+                a = plain(rec, np.random.default_rng([rounds, i]))
+                b = cached(rec, np.random.default_rng([rounds, i]))
+                np.testing.assert_array_equal(a["video"], b["video"])
+                assert a["label"] == b["label"]
+        # Each video decoded once, then served from memory.
+        assert cached.cache.misses == len(records) and cached.cache.hits == len(records)
+    # A worker's copy starts empty; the budget evicts the least recently used video.
+    assert len(pickle.loads(pickle.dumps(cached)).cache) == 0
+    records = sorted(records, key=lambda rec: -rec["num_frames"])  # the third is the shortest
+    sizes = [16 * 20 * 3 * rec["num_frames"] for rec in records[:3]]  # 32x40 short side -> 16x20
+    small = kinetics.ClipDecoder(SPEC, (16, 16), train=False, cache_mb=(sizes[0] + sizes[1]) / 2**20)
+    for rec in records[:2]:
+        small(rec, None)
+    assert len(small.cache) == 2 and small.cache.nbytes == sizes[0] + sizes[1]
+    small(records[1], None)  # now the most recently used
+    small(records[2], None)  # pushes out records[0] (and only it: it is the longer)
+    assert small.cache.nbytes <= small.cache.max_bytes and small.cache.misses == 3
+    small(records[1], None)
+    assert small.cache.misses == 3
+    small(records[0], None)  # evicted: decoded again
+    assert small.cache.misses == 4
+    with pytest.raises(ValueError, match="cache_mb"):
+        kinetics.ClipDecoder(SPEC, (16, 16), train=False, cache_mb=-1)
+
+
 def test_decode_failure_becomes_a_marker(dataset):
     decoder = kinetics.ClipDecoder(SPEC, (32, 40), train=True)
     rec = {"key": "bad", "path": str(dataset / "train" / "abseiling" / "corrupt0000_000000_000010.mp4"),

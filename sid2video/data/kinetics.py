@@ -18,10 +18,15 @@ used. Each skipped file is logged once per process.
 A clip is `num_frames` frames `frame_stride` apart. Training takes a random start, a random crop
 after resizing the short side, and a random horizontal flip; evaluation takes the centred clip
 and the centre crop. Clips come out as uint8 `[T, H, W, 3]`.
+
+Small datasets (the demo's, tests') can keep whole decoded videos in memory
+(`config.data.cache_mb`): each video is then decoded once per process at its resized size, and
+every later clip of it is a slice of the cached frames, the same frames the decoder would return.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import csv
 import dataclasses
@@ -31,6 +36,7 @@ import logging
 import os
 import pathlib
 import re
+import threading
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -115,6 +121,53 @@ def crop_flip(frames: np.ndarray, size: tuple[int, int], rng: np.random.Generato
     return np.ascontiguousarray(out)
 
 
+class DecodedCache:
+    """Whole decoded videos, least recently used out first once `max_bytes` would be passed.
+
+    Thread-safe (grain decodes with several read threads). A copy sent to a worker process starts
+    empty: each process fills its own.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._frames: collections.OrderedDict[Any, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __getstate__(self):
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state):
+        self.__init__(state["max_bytes"])
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def get(self, key) -> np.ndarray | None:
+        with self._lock:
+            frames = self._frames.get(key)
+            if frames is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._frames.move_to_end(key)
+            return frames
+
+    def put(self, key, frames: np.ndarray) -> None:
+        if frames.nbytes > self.max_bytes:
+            return  # larger than the whole cache: not kept
+        with self._lock:
+            if key in self._frames:
+                return
+            while self.nbytes + frames.nbytes > self.max_bytes:
+                _, old = self._frames.popitem(last=False)
+                self.nbytes -= old.nbytes
+            self._frames[key] = frames
+            self.nbytes += frames.nbytes
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipDecoder:
     """Turns an index record into a training/eval example, inside grain's worker processes.
@@ -124,12 +177,22 @@ class ClipDecoder:
     "label": int32} (evaluation adds "index", the record's position in the source, and "start",
     the clip's first frame in the video), or {"_skip": "<key>: <reason>"} when the file cannot be
     decoded, so that the batching step can drop it and report it (see pipeline.py).
+
+    cache_mb > 0 keeps up to that many MB of whole decoded videos per process (see module docs).
     """
 
     spec: ClipSpec
     size: tuple[int, int]
     train: bool
     decode_threads: int = 1
+    cache_mb: float = 0.0
+    cache: DecodedCache | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.cache_mb < 0:
+            raise ValueError(f"config.data.cache_mb={self.cache_mb} must be >= 0 (0 turns the cache off)")
+        if self.cache_mb > 0 and self.cache is None:
+            object.__setattr__(self, "cache", DecodedCache(int(self.cache_mb * 2**20)))
 
     def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict:
         key = str(record.get("key", record.get("path", "?")))
@@ -150,13 +213,31 @@ class ClipDecoder:
         start = self.spec.start(int(record["num_frames"]), rng)
         h, w = int(record["height"]), int(record["width"])
         resized = video_io.short_side_size(h, w, self.size)
-        frames = video_io.read_frames(
-            source,
-            self.spec.indices(start),
-            size=None if resized == (h, w) else resized,
-            num_threads=self.decode_threads,
-        )
+        size = None if resized == (h, w) else resized
+        indices = self.spec.indices(start)
+        video = self._cached(record, source, size) if self.cache is not None else None
+        if video is not None:
+            frames = video[indices]
+        else:
+            frames = video_io.read_frames(source, indices, size=size, num_threads=self.decode_threads)
         return crop_flip(frames, self.size, rng), start
+
+    def _cached(self, record: Mapping[str, Any], source, size) -> np.ndarray | None:
+        """The whole decoded video from the cache, decoding it on a miss; None when it cannot be
+        cached (no name to key it by, or fewer frames than probed: then clips are decoded alone)."""
+        name = source if isinstance(source, str) else record.get("key")
+        if not name:
+            return None
+        key = (str(name), size)
+        video = self.cache.get(key)
+        if video is None:
+            try:
+                video = video_io.read_frames(source, range(int(record["num_frames"])), size=size,
+                                             num_threads=self.decode_threads)
+            except video_io.VideoReadError:
+                return None
+            self.cache.put(key, video)
+        return video
 
 
 # --------------------------------------------------------------------------------------------

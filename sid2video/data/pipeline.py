@@ -181,7 +181,8 @@ def make_source(data_cfg: Any, *, split: str, train: bool) -> Source:
 
     if dataset in VIDEO_DATASETS:
         spec = kinetics.ClipSpec(int(_get(data_cfg, "num_frames", 16)), int(_get(data_cfg, "frame_stride", 1)))
-        decoder = kinetics.ClipDecoder(spec, size, train, int(_get(data_cfg, "decode_threads", 1)))
+        decoder = kinetics.ClipDecoder(spec, size, train, int(_get(data_cfg, "decode_threads", 1)),
+                                       float(_get(data_cfg, "cache_mb", 0) or 0))
         if prepared_dir is not None:
             index = prepare.load_prepared_index(prepared_dir, split)
             entries, skipped = index.usable(spec)
@@ -518,6 +519,7 @@ def config_keys() -> dict[str, str]:
         "read_threads": "decode threads per process (default 2)",
         "prefetch": "batches buffered per worker (default 2)",
         "decode_threads": "decord threads per video (default 1)",
+        "cache_mb": "MB of whole decoded videos kept per process (default 0: off; for small datasets)",
     }
 
 
