@@ -57,9 +57,11 @@ def get_config(variant: str = "video"):
             data=dict(dataset="digits", num_frames=1, num_cond_frames=0, resolution=16,
                       frame_stride=1, num_classes=10),
             model=dict(_TINY, patch_size=1),
-            schedule=dict(name="cosine", logsnr_min=-10.0, logsnr_max=10.0),
+            # The same 16² shift as the video config. Guidance w = 4: on a 10,000-step model the
+            # classifier agreed with 13% / 18% / 22% / 27% of samples at w = 0 / 1 / 4 / 8.
+            schedule=dict(name="cosine_shifted", image_d=16, noise_d=64, logsnr_min=-10.0, logsnr_max=10.0),
             loss=dict(weighting="sigmoid", bias=0.0, class_drop_rate=0.1),
-            sampler=dict(method="ddpm", num_steps=64, guidance=1.0, guidance_interval=None),
+            sampler=dict(method="ddpm", num_steps=64, guidance=4.0, guidance_interval=None),
             # ~20 steps/s on 2 CPU cores: the demo's time budget, not the step count, ends training.
             train=dict(_TRAIN, num_steps=20000),
         )

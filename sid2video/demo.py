@@ -298,6 +298,7 @@ def _gray(images: np.ndarray) -> np.ndarray:
 def image_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | None, num_eval: int,
                sampler_steps: int | None, seed: int, overrides: list[str] = ()) -> dict:
     import jax
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
     from sid2video import checkpoint, render, sample
@@ -326,12 +327,22 @@ def image_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
 
     x_train, y_train = images_of("train", counts["train"])
     x_val, y_val = images_of("val", counts["val"])
-    clf = MLPClassifier(hidden_layer_sizes=(128,), max_iter=300, random_state=seed).fit(_gray(x_train), y_train)
+    # 60 epochs of Adam reach ~95% on held-out real digits in a few seconds (300 took 20 s for the
+    # same accuracy); sklearn's warning that the loss is still moving is expected and silenced.
+    clf = MLPClassifier(hidden_layer_sizes=(128,), max_iter=60, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(_gray(x_train), y_train)
     real_acc = float(clf.score(_gray(x_val), y_val))
 
     classes = config.data.num_classes
     per_class = max(1, num_eval // classes)
-    labels = np.repeat(np.arange(classes), per_class).astype(np.int32)
+    labels = np.tile(np.arange(classes), per_class).astype(np.int32)  # 0..9, 0..9, ...
+    # Beside the samples, real held-out digits of the requested classes (what each class looks like).
+    by_class = [x_val[y_val == c] for c in range(classes)]
+    if min(len(x) for x in by_class) == 0:
+        raise RuntimeError("sid2video demo: a digit class has no held-out images; rewrite the data (delete DIR/data)")
+    reference = np.stack([by_class[c][(k // classes) % len(by_class[c])] for k, c in enumerate(labels)])[:, None]
     blank = np.zeros((len(labels), 1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     model, run_config, step = checkpoint.load_model(run_dir)
     result: dict[str, Any] = {"step": step, "train": {k: v for k, v in summary.items() if k != "last_metrics"},
@@ -345,8 +356,8 @@ def image_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
                         "accuracy": float(np.mean(clf.predict(_gray(images[:, 0])) == labels))}
         npz = run_dir / "samples" / f"step_{step}_{name}.npz"
         npz.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(npz, sample=images, truth=images, label=labels, num_cond=0)
-        render.render_npz(npz, workdir / "renders", fmt=("png",))
+        np.savez_compressed(npz, sample=images, truth=reference, label=labels, num_cond=0)
+        render.render_npz(npz, workdir / "renders", fmt=("png",), per_clip=False, max_grid=2 * classes)
     _say("5/5 writing the report")
     result["seconds"] = time.time() - t0
     text = "\n".join([
@@ -355,7 +366,9 @@ def image_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
         f"digits recognises {100 * real_acc:.1f}% of held-out real digits.", "",
         "| samples | guidance w | classifier agrees with the requested class |", "|---|---|---|",
         *(f"| {n} | {result[n]['guidance']:g} | {100 * result[n]['accuracy']:.1f}% |" for n in ("guided", "unguided")),
-        "", f"Sample grids: {workdir / 'renders'}",
+        "", f"Sample grids (the first {2 * classes} samples, two per class, captioned with the requested "
+        f"class): {workdir / 'renders'}/*_samples.png; beside them, *_truth.png shows real held-out digits "
+        "of the same classes.",
     ])
     (workdir / "report.md").write_text(text + "\n")
     (workdir / "result.json").write_text(json.dumps(result, indent=2, default=float))

@@ -68,4 +68,9 @@ def test_image_demo(tmp_path):
     for row in ("guided", "unguided"):
         assert 0.0 <= result[row]["accuracy"] <= 1.0
     assert result["guided"]["guidance"] > 0 and result["unguided"]["guidance"] == 0
-    assert list((tmp_path / "renders").glob("*_samples.png"))
+    renders = sorted(p.name for p in (tmp_path / "renders").iterdir())
+    assert renders == [f"step_2_{n}_{g}.png" for n in ("guided", "unguided") for g in ("samples", "truth")]
+    # The reference grid holds real digits of the requested classes, not the samples again.
+    npz = np.load(tmp_path / "run" / "samples" / "step_2_guided.npz")
+    assert npz["truth"].shape == npz["sample"].shape and not np.array_equal(npz["truth"], npz["sample"])
+    assert sorted(npz["label"].tolist()) == sorted(list(range(10)))
