@@ -31,7 +31,8 @@ _TINY = dict(
 )
 
 # ema_warmup: a run of a few hundred steps would otherwise sample from an EMA that is still
-# mostly the initial network (0.999^600 ≈ 0.55).
+# mostly the initial network (0.999^600 ≈ 0.55). The video demo's 2000 steps take about 6 minutes
+# on 2 CPU cores; its 7-minute budget only ends training on a slower machine.
 _TRAIN = dict(batch_size=16, num_steps=2000, learning_rate=1e-3, warmup_steps=100,
               ema_decay=0.999, ema_warmup=True, log_every=10, checkpoint_every=200, keep_checkpoints=2)
 
