@@ -10,8 +10,8 @@ Sections (every config file returns all of them):
     loss      weighting, bias, mean_type, kind, power_levels, multiscale_base, bias_start,
               bias_steps, class_drop_rate, cond_drop_rate
     sampler   method, num_steps, logvar_interp, clip, guidance, guidance_interval
-    train     batch_size, num_steps, learning_rate, warmup_steps, adam_b1, adam_b2, adam_eps,
-              grad_clip, weight_decay, ema_decay
+    train     batch_size, num_steps, learning_rate, warmup_steps, lr_decay, adam_b1, adam_b2,
+              adam_eps, grad_clip, weight_decay, ema_decay
 
 `validate(config)` raises ValueError naming the key, its value and what is allowed.
 """
@@ -28,6 +28,7 @@ PAPER_TRAIN = dict(
     num_steps=1_000_000,
     learning_rate=1e-4,
     warmup_steps=10_000,
+    lr_decay="none",  # constant after warm-up; 'cosine' / 'linear' to 0 at num_steps for short runs
     adam_b1=0.9,
     adam_b2=0.99,
     adam_eps=1e-12,

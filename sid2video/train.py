@@ -41,6 +41,9 @@ Array = jax.Array
 # ----------------------------------------------------------------------------- config
 
 
+LR_DECAYS = ("none", "cosine", "linear")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """`config.train`: optimisation (SPEC §6), parallelism, logging and checkpointing."""
@@ -49,6 +52,7 @@ class TrainConfig:
     num_steps: int = 1_000_000
     learning_rate: float = 1e-4
     warmup_steps: int = 10_000
+    lr_decay: str = "none"  # after warm-up: 'none' (constant), 'cosine' or 'linear' to 0 at num_steps
     adam_b1: float = 0.9
     adam_b2: float = 0.99
     adam_eps: float = 1e-12
@@ -90,6 +94,11 @@ class TrainConfig:
         for key in ("adam_eps", "grad_clip", "weight_decay", "peak_flops_per_device"):
             if not getattr(self, key) >= 0:
                 raise bad(key, "must be >= 0")
+        if self.lr_decay not in LR_DECAYS:
+            raise bad("lr_decay", f"choose one of {', '.join(map(repr, LR_DECAYS))}")
+        if self.lr_decay != "none" and self.warmup_steps >= self.num_steps:
+            raise bad("lr_decay", f"decays after the warm-up, which needs train.warmup_steps="
+                      f"{self.warmup_steps} < train.num_steps={self.num_steps}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise bad("on_nonfinite", "choose 'stop' or 'skip'")
         if self.batch_size % self.grad_accum_steps:
@@ -121,12 +130,27 @@ class TrainState:
     ema: Any
 
 
-def make_optimizer(tc: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Adam(β1, β2, ε) with linear warm-up to a constant rate, global-norm clipping (SPEC §6)."""
-    if tc.warmup_steps:
-        lr = optax.linear_schedule(0.0, tc.learning_rate, tc.warmup_steps)
+def learning_rate_schedule(tc: TrainConfig) -> optax.Schedule:
+    """Linear warm-up from 0 to `learning_rate` over `warmup_steps` (SPEC §6), then constant
+    (`lr_decay='none'`, the papers' setting) or decaying to 0 at `num_steps` along a half cosine or
+    a line (for short runs, where the last steps at a small rate are worth more than the papers'
+    constant rate)."""
+    peak, warm = tc.learning_rate, tc.warmup_steps
+    if tc.lr_decay == "none":
+        return optax.linear_schedule(0.0, peak, warm) if warm else optax.constant_schedule(peak)
+    span = tc.num_steps - warm
+    if tc.lr_decay == "cosine":
+        decay = optax.cosine_decay_schedule(peak, span)
     else:
-        lr = optax.constant_schedule(tc.learning_rate)
+        decay = optax.linear_schedule(peak, 0.0, span)
+    if not warm:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), decay], [warm])
+
+
+def make_optimizer(tc: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Adam(β1, β2, ε) at `learning_rate_schedule(tc)`, global-norm clipping (SPEC §6)."""
+    lr = learning_rate_schedule(tc)
     parts = []
     if tc.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(tc.grad_clip))

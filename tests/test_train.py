@@ -226,3 +226,28 @@ def test_bad_config_values_are_named():
     cfg.data.num_cond_frames = 3
     with pytest.raises(ValueError, match="num_cond_frames=3 must be below model.num_frames=3"):
         train.Trainer(cfg)
+
+
+@pytest.mark.parametrize("decay", train.LR_DECAYS)
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_learning_rate_schedules_follow_their_closed_forms(decay, warmup):
+    peak, total = 2e-3, 110
+    schedule = train.learning_rate_schedule(
+        train.TrainConfig(learning_rate=peak, warmup_steps=warmup, num_steps=total, lr_decay=decay))
+
+    def expected(step):
+        if step < warmup:
+            return peak * step / warmup
+        u = min(step - warmup, total - warmup) / (total - warmup)  # fraction of the decay done
+        return {"none": peak, "linear": peak * (1 - u), "cosine": peak * 0.5 * (1 + np.cos(np.pi * u))}[decay]
+
+    steps = [0, 1, 5, warmup, warmup + 1, 37, 60, total - 1, total, total + 50]
+    got = [float(schedule(s)) for s in steps]
+    np.testing.assert_allclose(got, [expected(s) for s in steps], rtol=1e-5, atol=1e-9)
+
+
+def test_bad_learning_rate_decay_is_named():
+    with pytest.raises(ValueError, match=r"config.train.lr_decay='exp' is invalid: choose one of 'none', 'cosine', 'linear'"):
+        train.TrainConfig(lr_decay="exp")
+    with pytest.raises(ValueError, match=r"train.warmup_steps=100 < train.num_steps=100"):
+        train.TrainConfig(lr_decay="cosine", warmup_steps=100, num_steps=100)
