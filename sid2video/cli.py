@@ -46,18 +46,27 @@ def parse_flags(prog: str, argv: list[str], define: Callable[[Any], None] | None
     from absl import flags
     from ml_collections import config_flags
 
+    args = [prog] + list(argv)
     fv = flags.FlagValues()
+    # sys_argv: which --config.key=value overrides exist is read from these args; by default
+    # ml_collections looks at sys.argv, which is not what a caller of cli.main([...]) passed.
     config_flags.DEFINE_config_file(
         "config", None, "config file and variant, e.g. configs/kinetics600.py:small", flag_values=fv,
-        lock_config=False,
+        lock_config=False, sys_argv=args,
     )
     flags.DEFINE_bool("help", False, "show this help", flag_values=fv, short_name="h")
     if define is not None:
         define(fv)
     try:
-        fv([prog] + list(argv))
+        fv(args)
     except flags.Error as err:
         raise SystemExit(f"{prog}: {err}\n(run `{prog} --help` for the flags)")
+    except (AttributeError, KeyError) as err:  # ml_collections: an override of a key that is not there
+        key = str(err).strip("\"'")
+        named = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+                 and key in a.split("=", 1)[0].split(".")]
+        raise SystemExit(f"{prog}: {' '.join(named) or 'an override'} names no config key "
+                         f"({key!r} is not there); the config file lists the keys")
     if fv.help:
         print(f"usage: {prog} [flags]\n")
         print(fv.module_help(fv.find_module_defining_flag("config")) or fv)

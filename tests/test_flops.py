@@ -161,3 +161,8 @@ def test_info_command(capsys):
     # A bad value is reported, not a traceback.
     assert flops.run(argv + ["--config.model.attention=axial"]) == 2
     assert "attention='axial'" in capsys.readouterr().err
+    # So is a flag that does not exist, or a config key that does not.
+    with pytest.raises(SystemExit, match=r"sid2video info: Unknown command line flag 'cfg'"):
+        flops.run(argv + ["--cfg=1"])
+    with pytest.raises(SystemExit, match=r"sid2video info: --config.model.widht names no config key"):
+        flops.run(argv + ["--config.model.widht=3"])

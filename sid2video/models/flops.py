@@ -238,26 +238,10 @@ def summary(config: Mapping[str, Any] | UViTConfig, exact_params: int | None = N
 
 def run(argv: list[str]) -> int:
     """`sid2video info --config configs/x.py:variant [--config.key=value ...]`."""
-    from absl import flags
-    from ml_collections import config_flags
-
+    from sid2video.cli import parse_flags
     from sid2video.models import uvit
 
-    args = ["sid2video info"] + list(argv)
-    fv = flags.FlagValues()
-    # sys_argv: the --config.key=value overrides are read from these args, not sys.argv.
-    config_flags.DEFINE_config_file("config", None, "config file, as path.py:variant",
-                                    flag_values=fv, lock_config=True, sys_argv=args)
-    try:
-        fv(args)
-    except flags.Error as err:
-        print(f"sid2video info: {err}", file=sys.stderr)
-        return 2
-    config = fv.config
-    if config is None:
-        print("sid2video info: --config is required, e.g. --config configs/kinetics600.py:small",
-              file=sys.stderr)
-        return 2
+    config = parse_flags("sid2video info", argv).config
     try:
         _validate(config)
         exact = uvit.count_params(uvit.abstract(config.model))
