@@ -1,10 +1,10 @@
 """Config files: every variant builds, validates and eval_shapes; paper settings; clear errors."""
 
-import importlib.util
 import pathlib
 
 import pytest
 
+from sid2video import cli
 from sid2video.models import flops, uvit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -16,12 +16,9 @@ VARIANTS = [
 ]
 
 
-def load(name: str):
-    """Import configs/<name>.py by path, the way `--config configs/<name>.py:variant` does."""
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load(name: str, variant: str):
+    """configs/<name>.py:<variant>, loaded the way `--config configs/<name>.py:variant` does."""
+    return cli.load_config_file(ROOT / "configs" / f"{name}.py", variant)
 
 
 def validate(config):
@@ -32,7 +29,7 @@ def validate(config):
 
 @pytest.mark.parametrize("name,variant", VARIANTS)
 def test_every_variant_builds_validates_and_eval_shapes(name, variant):
-    config = load(name).get_config(variant)
+    config = load(name, variant)
     for section in ("seed", "data", "model", "schedule", "loss", "sampler", "train"):
         assert section in config
     validate(config)
@@ -48,15 +45,14 @@ def test_every_variant_builds_validates_and_eval_shapes(name, variant):
 
 def test_unknown_variant_is_an_error():
     with pytest.raises(ValueError, match="unknown variant 'huge'"):
-        load("imagenet512").get_config("huge")
+        load("imagenet512", "huge")
 
 
 @pytest.mark.parametrize("res,bias,interval,small_patch,heavy_patch", [
     (128, 0.0, (0.0, 5.0), 1, 1), (256, -1.0, (-1.5, 5.0), 2, 1), (512, -3.0, (-3.0, 5.0), 4, 2)])
 def test_imagenet_paper_settings(res, bias, interval, small_patch, heavy_patch):
     """SiD2 §2.1–2.2 and B.6: loss bias, guidance interval, sampler, patching, optimiser."""
-    module = load(f"imagenet{res}")
-    small, heavy = module.get_config("small"), module.get_config("flop_heavy")
+    small, heavy = load(f"imagenet{res}", "small"), load(f"imagenet{res}", "flop_heavy")
     for c in (small, heavy):
         assert c.loss.weighting == "sigmoid" and c.loss.bias == bias and c.loss.mean_type == "v"
         assert c.loss.class_drop_rate == 0.1
@@ -65,7 +61,7 @@ def test_imagenet_paper_settings(res, bias, interval, small_patch, heavy_patch):
         assert sampler == ("ddpm", 512, 0.3)
         assert c.sampler.clip is True
         t = c.train
-        assert (t.batch_size, t.learning_rate, t.warmup_steps) == (2048, 1e-4, 10_000)
+        assert (t.batch_size, t.learning_rate, t.warmup_steps, t.lr_decay) == (2048, 1e-4, 10_000, "none")
         assert (t.adam_b1, t.adam_b2, t.adam_eps, t.weight_decay) == (0.9, 0.99, 1e-12, 0.0)
         assert (t.ema_decay, t.grad_clip) == (0.9999, 1.0)
         s = c.schedule
@@ -85,7 +81,7 @@ def test_imagenet_paper_settings(res, bias, interval, small_patch, heavy_patch):
 
 
 def test_kinetics600_paper_settings():
-    c = load("kinetics600").get_config("small")
+    c = load("kinetics600", "small")
     assert (c.data.num_frames, c.data.num_cond_frames, c.data.resolution) == (16, 5, 128)
     assert c.loss.weighting == "sigmoid" and c.loss.bias == 0.0  # Table 4
     assert (c.sampler.method, c.sampler.num_steps) == ("addim", 128)  # B.7
@@ -95,7 +91,7 @@ def test_kinetics600_paper_settings():
 
 
 def test_demo_configs_are_tiny():
-    video, images = load("demo").get_config("video"), load("demo").get_config("images")
+    video, images = load("demo", "video"), load("demo", "images")
     assert (video.data.num_frames, video.data.num_cond_frames) == (16, 5)
     assert video.data.resolution <= 32 and max(video.model.channels) <= 32
     assert images.data.num_frames == 1 and images.data.num_classes == 10
@@ -103,11 +99,11 @@ def test_demo_configs_are_tiny():
 
 
 def test_model_follows_data_through_references():
-    c = load("imagenet256").get_config("small")
+    c = load("imagenet256", "small")
     c.data.resolution = 128
     assert c.model.resolution == 128 and c.schedule.image_d == 128
     validate(c)
-    c = load("kinetics600").get_config("small")
+    c = load("kinetics600", "small")
     c.data.num_frames = 8
     assert c.model.num_frames == 8
     validate(c)
@@ -144,14 +140,14 @@ def _set(config, path, value):
     ("demo", "video", "train.adam_b2", 1.0, r"train.adam_b2=1.0"),
 ])
 def test_bad_values_give_clear_errors(name, variant, path, value, message):
-    config = load(name).get_config(variant)
+    config = load(name, variant)
     _set(config, path, value)
     with pytest.raises(ValueError, match=message):
         validate(config)
 
 
 def test_unknown_model_key_is_an_error():
-    config = load("demo").get_config("images")
+    config = load("demo", "images")
     config.model.unlock()
     config.model.widht = 3
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['widht'\]"):

@@ -1,6 +1,5 @@
 """Analytic FLOPs / parameters / memory against XLA, SiD2 B.3 and the built network."""
 
-import importlib.util
 import pathlib
 import re
 
@@ -26,10 +25,7 @@ IMAGE = dict(num_frames=1, resolution=16, patch_size=2, channels=(24, 32),
 
 
 def load(name: str, variant: str):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return cli.load_config_file(ROOT / "configs" / f"{name}.py", variant)
 
 
 def xla_flops(cfg: dict, batch: int = 1) -> float:
