@@ -1,6 +1,7 @@
 """Train-step throughput and MFU of a config on the local devices.
 
     .venv/bin/python benchmarks/train_step.py --config configs/demo.py:video [--steps 20] [--batch 16]
+        [--set model.conv=3d --set ...]
 
 Model FLOPs are the analytic ones of sid2video.models.flops (SiD2 B.3: multiply-add = 1 FLOP,
 a train step = 3 forward passes), doubled to count multiply and add separately like hardware
@@ -48,12 +49,17 @@ def main() -> None:
     parser.add_argument("--config", default="configs/demo.py:video")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set model.attention=full (repeatable)")
     args = parser.parse_args()
 
     from sid2video import train
     from sid2video.models import flops
 
     config = load_config(args.config)
+    from sid2video import cli
+
+    cli.apply_overrides(config, args.set, "train_step.py")
     if args.batch:
         config.train.batch_size = args.batch
     trainer = train.Trainer(config)
@@ -77,7 +83,7 @@ def main() -> None:
     achieved = 3 * fwd * 2 * b / step_s / jax.device_count()  # FLOP/s per device, FMA = 2
     known = train.peak_flops(trainer.tc)
     measured = matmul_peak()
-    print(f"config {args.config}, global batch {b}, {jax.device_count()} x {jax.devices()[0].device_kind}")
+    print(f"config {args.config} {' '.join(args.set)}, global batch {b}, {jax.device_count()} x {jax.devices()[0].device_kind}")
     print(f"compile + first step {compile_s:.1f} s; {1 / step_s:.2f} steps/s, {b / step_s:.1f} examples/s")
     print(f"analytic train FLOPs {3 * fwd * 2 * b / 1e9:.2f} GFLOP per step (FMA = 2), "
           f"achieved {achieved / 1e9:.2f} GFLOP/s per device")

@@ -35,6 +35,32 @@ def load_config_file(path, variant: str | None = None):
     return module.get_config(variant) if variant else module.get_config()
 
 
+def apply_overrides(config, items, prog: str) -> None:
+    """Set `key=value` items (`loss.bias=-2`, `model.channels=(16,32)`) on a config in place; a
+    value is read as a Python literal where it is one, else kept as a string. A key the config
+    does not have stops with a message naming it."""
+    import ast  # pylint: disable=import-outside-toplevel
+
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{prog}: --set {item!r} must look like key=value, e.g. loss.bias=-2")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        section, _, name = key.rpartition(".")
+        target = config
+        try:
+            for part in filter(None, section.split(".")):
+                target = target[part]
+        except (KeyError, TypeError):
+            target = None
+        if target is None or not hasattr(target, "keys") or name not in target:
+            raise SystemExit(f"{prog}: --set {key}: no such config key")
+        target[name] = value
+
+
 def parse_flags(prog: str, argv: list[str], define: Callable[[Any], None] | None = None,
                 config_required: bool = True):
     """Parse a subcommand's flags with absl: `--config path.py:variant`, `--config.key=value`

@@ -35,27 +35,11 @@ IMAGE_SIZE = 16
 
 def load_config(variant: str, overrides: list[str] = ()):
     """configs/demo.py:<variant> from the source tree, with `key=value` overrides applied."""
-    import ast
-
     path = ROOT / "configs" / "demo.py"
     if not path.exists():
         raise SystemExit(f"sid2video demo: {path} is missing; run the demo from a source checkout")
     config = cli.load_config_file(path, variant)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise SystemExit(f"sid2video demo: --set {item!r} must look like key=value, e.g. loss.bias=-2")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        section, _, name = key.rpartition(".")
-        target = config
-        for part in filter(None, section.split(".")):
-            target = target[part]
-        if name not in target:
-            raise SystemExit(f"sid2video demo: --set {key}: no such config key")
-        target[name] = value
+    cli.apply_overrides(config, overrides, "sid2video demo")
     from configs import validate  # imported by path through configs/demo.py
 
     try:

@@ -152,3 +152,18 @@ def test_unknown_model_key_is_an_error():
     config.model.widht = 3
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['widht'\]"):
         validate(config)
+
+
+def test_set_overrides_reach_the_config_and_name_a_missing_key():
+    config = load("demo", "video")
+    cli.apply_overrides(config, ["loss.bias=-2", "model.channels=(32, 48)", "sampler.method=ddpm",
+                                 "train.lr_decay=cosine", "data.cache_mb=0"], "prog")
+    assert config.loss.bias == -2 and tuple(config.model.channels) == (32, 48)
+    assert config.sampler.method == "ddpm" and config.train.lr_decay == "cosine"
+    assert config.data.cache_mb == 0
+    validate(config)
+    for item in ("loss.bais=1", "modle.channels=(1,)", "loss.bias.x=1", "seed.x=1"):
+        with pytest.raises(SystemExit, match=rf"prog: --set {item.split('=')[0]}: no such config key"):
+            cli.apply_overrides(config, [item], "prog")
+    with pytest.raises(SystemExit, match=r"--set 'loss.bias' must look like key=value"):
+        cli.apply_overrides(config, ["loss.bias"], "prog")
