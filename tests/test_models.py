@@ -220,6 +220,20 @@ def _param_shapes(model):
             for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
+@pytest.mark.parametrize("t", [1, 2, 5])
+def test_temporal_conv_as_shifted_matmuls_equals_the_3d_convolution(t):
+    """layers.temporal_conv against flax's own 3×1×1 'SAME' convolution with the same kernel."""
+    conv = nnx.Conv(4, 6, (3, 1, 1), padding="SAME", rngs=nnx.Rngs(0))
+    conv.kernel[...] = jax.random.normal(jax.random.PRNGKey(1), conv.kernel.shape)
+    conv.bias[...] = jax.random.normal(jax.random.PRNGKey(2), conv.bias.shape)
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, t, 3, 5, 4))
+    np.testing.assert_allclose(layers.temporal_conv(x, conv), conv(x), rtol=1e-5, atol=1e-5)
+    # Frame 0 sees only frames 0 and 1: the padding is zeros, not a wrap-around.
+    if t >= 3:
+        y = x.at[:, -1].set(100.0)
+        np.testing.assert_allclose(layers.temporal_conv(y, conv)[:, 0], conv(x)[:, 0], rtol=1e-5, atol=1e-5)
+
+
 def test_t1_builds_no_temporal_parameters(image):
     model = image[0]
     shapes = _param_shapes(model)
