@@ -53,12 +53,10 @@ def main() -> None:
                         help="override a config key, e.g. --set model.attention=full (repeatable)")
     args = parser.parse_args()
 
-    from sid2video import train
+    from sid2video import cli, train
     from sid2video.models import flops
 
     config = load_config(args.config)
-    from sid2video import cli
-
     cli.apply_overrides(config, args.set, "train_step.py")
     if args.batch:
         config.train.batch_size = args.batch

@@ -87,11 +87,15 @@ def parse_flags(prog: str, argv: list[str], define: Callable[[Any], None] | None
         fv(args)
     except flags.Error as err:
         raise SystemExit(f"{prog}: {err}\n(run `{prog} --help` for the flags)")
-    except (AttributeError, KeyError) as err:  # ml_collections: an override of a key that is not there
+    except (AttributeError, KeyError) as err:
+        # ml_collections: an override of a key that is not there. The same exceptions from
+        # inside a config file's own code are that code's errors and go up unchanged.
         key = str(err).strip("\"'")
         named = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")
                  and key in a.split("=", 1)[0].split(".")]
-        raise SystemExit(f"{prog}: {' '.join(named) or 'an override'} names no config key "
+        if not named:
+            raise
+        raise SystemExit(f"{prog}: {' '.join(named)} names no config key "
                          f"({key!r} is not there); the config file lists the keys")
     if fv.help:
         print(f"usage: {prog} [flags]\n")
