@@ -139,8 +139,13 @@ def test_frame_metrics_mask_merge_and_flat_round_trip():
     b = metrics.FrameMetrics(1).update(pred[2:], clips[2:], mask[2:])
     b2 = metrics.FrameMetrics.from_array(b.to_array(), 1)
     merged = a.merge(b2).result()
+    # The round trip and the merge add float64 sums exactly: the same batches through one
+    # accumulator give the same numbers. Against one call on all rows the per-frame values are
+    # computed in float32 over other batch shapes, so they agree to float32 rounding.
+    same = metrics.FrameMetrics(1).update(pred[:2], clips[:2], mask[:2]).update(pred[2:], clips[2:], mask[2:])
     for k in ("psnr_per_frame", "ssim_per_frame", "mse_per_frame"):
-        np.testing.assert_allclose(merged[k], whole[k], rtol=1e-12)
+        np.testing.assert_allclose(merged[k], same.result()[k], rtol=1e-12)
+        np.testing.assert_allclose(merged[k], whole[k], rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
