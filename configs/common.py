@@ -1,17 +1,10 @@
 """What every config has, and the start-up check of a whole config.
 
-Sections (every config file returns all of them):
-
-    seed      int
-    data      name, num_frames, num_cond_frames, resolution, frame_stride, num_classes
-    model     the network (sid2video.models.UViTConfig); num_frames / resolution / num_classes
-              follow `data` through field references, so `--config.data.resolution=64` moves both
-    schedule  a dict for `schedules.from_config`: name plus its arguments
-    loss      weighting, bias, mean_type, kind, power_levels, multiscale_base, bias_start,
-              bias_steps, class_drop_rate, cond_drop_rate
-    sampler   method, num_steps, logvar_interp, clip, guidance, guidance_interval
-    train     batch_size, num_steps, learning_rate, warmup_steps, lr_decay, adam_b1, adam_b2,
-              adam_eps, grad_clip, weight_decay, ema_decay
+Sections (every config file returns all of them): seed, data, model, schedule, loss, sampler,
+train. `base()` fills every section but the schedule with all the keys its reader accepts and their
+defaults (`sid2video.settings`), so a config file states only what it chooses, and every key can be
+overridden with `--config.section.key=value`. model.num_frames / resolution / num_classes follow
+`data` through field references, so `--config.data.resolution=64` moves both.
 
 `validate(config)` raises ValueError naming the key, its value and what is allowed.
 """
@@ -20,61 +13,29 @@ from __future__ import annotations
 
 import numbers
 
-from ml_collections import ConfigDict, config_dict
+from ml_collections import ConfigDict
 
-# SiD2 B.6 / simple diffusion B.2 optimisation settings, shared by every paper config.
-PAPER_TRAIN = dict(
-    batch_size=2048,
-    num_steps=1_000_000,
-    learning_rate=1e-4,
-    warmup_steps=10_000,
-    lr_decay="none",  # constant after warm-up; 'cosine' / 'linear' to 0 at num_steps for short runs
-    adam_b1=0.9,
-    adam_b2=0.99,
-    adam_eps=1e-12,
-    grad_clip=1.0,
-    weight_decay=0.0,
-    ema_decay=0.9999,
-    ema_warmup=False,  # True: decay_t = min(ema_decay, (1 + t) / (10 + t)), for short runs
-)
-
-MODEL_DEFAULTS = dict(
-    in_channels=3,
-    out_channels=3,
-    patch_size=1,
-    patch_frames=1,
-    channels=(128, 256, 512, 1024),
-    block_types=("resnet", "resnet", "resnet", "transformer"),
-    encoder_blocks=(3, 3, 3, 10),
-    decoder_blocks=(3, 3, 3, 10),
-    num_heads=8,
-    mlp_ratio=4,
-    emb_channels=1024,
-    conv="3d",
-    attention="factorized",
-    dropout=0.0,
-    dropout_from_resolution=0,
-    frame_conditioning=False,
-    cond_fill="zeros",  # or "last": unconditioned frames see the latest given frame
-    logsnr_scale_range=(-10.0, 10.0),  # logsnr_input_type='linear' (simple diffusion B.2)
-    dtype="float32",
-    param_dtype="float32",
-    remat=False,
-    scan_blocks=False,
-)
+from sid2video.settings import SECTIONS
 
 
 def base(*, data: dict, model: dict, schedule: dict, loss: dict, sampler: dict, train: dict,
          seed: int = 0) -> ConfigDict:
-    """Assemble a config; `model` overrides MODEL_DEFAULTS, the other dicts are complete."""
+    """Assemble a config: each section starts from every key its reader accepts, with the reader's
+    default (`sid2video.settings.defaults`; the train defaults are the papers' optimisation
+    settings, SiD2 B.6 / simple diffusion B.2), and the given dicts override them. A key no
+    reader knows is an error here, not at the first train step."""
+    from sid2video import settings
+
     c = ConfigDict()
     c.seed = seed
-    c.data = ConfigDict(dict(dataset="", data_dir="", num_frames=1, num_cond_frames=0, resolution=32,
-                             frame_stride=1, num_classes=0))
-    c.data.update(data)
-    m = dict(MODEL_DEFAULTS)
-    m.update(model)
-    c.model = ConfigDict(m)
+    for name, given in (("data", data), ("model", model), ("loss", loss), ("sampler", sampler),
+                        ("train", train)):
+        section = settings.defaults(name)
+        unknown = sorted(set(given) - set(section))
+        if unknown:
+            raise ValueError(f"config.{name} has unknown key(s) {unknown}; known: {', '.join(sorted(section))}")
+        section.update(given)
+        c[name] = ConfigDict(section)
     # The network's input shape and classes are the data's.
     c.model.num_frames = c.data.get_ref("num_frames")
     c.model.resolution = c.data.get_ref("resolution")
@@ -82,16 +43,6 @@ def base(*, data: dict, model: dict, schedule: dict, loss: dict, sampler: dict, 
     c.schedule = ConfigDict(schedule)
     if "image_d" in c.schedule:
         c.schedule.image_d = c.data.get_ref("resolution")
-    c.loss = ConfigDict(dict(weighting="sigmoid", bias=0.0, mean_type="v", kind="mse",
-                             power_levels=0, multiscale_base=32, bias_start=0.0, bias_steps=0,
-                             class_drop_rate=0.0, cond_drop_rate=0.0))
-    c.loss.update(loss)
-    c.sampler = ConfigDict(dict(method="ddpm", num_steps=512, logvar_interp=0.3, clip=True,
-                                guidance=0.0,
-                                guidance_interval=config_dict.placeholder(tuple)))
-    c.sampler.update(sampler)
-    c.train = ConfigDict(dict(PAPER_TRAIN))
-    c.train.update(train)
     return c
 
 
@@ -128,7 +79,6 @@ def _number(section, key, *, lo: float, hi: float, prefix: str, lo_open=False, h
     return float(v)
 
 
-SECTIONS = ("seed", "data", "model", "schedule", "loss", "sampler", "train")
 
 
 def validate(config: ConfigDict) -> ConfigDict:

@@ -158,16 +158,18 @@ def fresh_state(abstract: Any) -> Any:
 
 
 def load_model(workdir: str | pathlib.Path, step: int | None = None, *, ema: bool = True,
-               sharding: Any = None):
+               mesh: Any = None):
     """The network of a training run with its EMA (or raw) parameters, and the run's config.
 
     Returns (model, config, step): config is the run's full config as a ConfigDict, as saved in
-    the checkpoint. `sharding` places the parameters (default: replicated on this process's
-    default device). Nothing from the trainer is needed.
+    the checkpoint. The parameters are restored onto `mesh` (default: `sharding.sampling_mesh`
+    of the run's config over all devices: replicated, or split as the run's FSDP was where the
+    devices allow), whatever devices the run was trained on. Nothing from the trainer is needed.
     """
     import ml_collections
     from flax import nnx
 
+    from sid2video import sharding
     from sid2video.models import uvit
 
     checkpointer = Checkpointer(workdir, async_save=False, create=False)
@@ -181,9 +183,11 @@ def load_model(workdir: str | pathlib.Path, step: int | None = None, *, ema: boo
                 "(its model config does not match its fingerprint); it cannot be trusted"
             )
         graphdef, abstract_params, rest = nnx.split(uvit.abstract(model_cfg), nnx.Param, ...)
+        run_config = ml_collections.ConfigDict(meta.get("config") or {"model": meta["model_config"]})
+        if mesh is None:
+            mesh = sharding.sampling_mesh(run_config)
         target = nnx.to_pure_dict(abstract_params)
-        if sharding is not None:
-            target = abstract_like(target, sharding)
+        target = abstract_like(target, sharding.param_shardings(target, mesh, sharding.min_params(run_config)))
         item = "ema" if ema else "params"
         params = checkpointer.restore(step, {item: target})[item]
     finally:
@@ -191,5 +195,4 @@ def load_model(workdir: str | pathlib.Path, step: int | None = None, *, ema: boo
     state = jax.tree.map(lambda a: a, abstract_params)
     nnx.replace_by_pure_dict(state, params)
     model = nnx.merge(graphdef, state, fresh_state(rest))
-    config = ml_collections.ConfigDict(meta.get("config") or {"model": meta["model_config"]})
-    return model, config, step
+    return model, run_config, step

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from sid2video import sharding
 from sid2video.diffusion import parametrization, samplers, schedules
 
 log = logging.getLogger("sid2video.sample")
@@ -62,11 +63,22 @@ class Generator:
                 f"config.sampler.guidance={self.sampler.guidance} needs a class-conditional or a "
                 "frame-conditioned model; set it to 0 for this one"
             )
-        devices = mesh.devices.reshape(-1) if mesh is not None else np.asarray(jax.devices())
-        self.mesh = Mesh(devices, ("batch",))
-        self.sharding = NamedSharding(self.mesh, P("batch"))
+        # The batch is split over every device; the parameters are replicated, or split over
+        # 'fsdp' as in training when the mesh has an fsdp axis (a model that needed FSDP to train
+        # also samples).
+        self.mesh = mesh if mesh is not None else sharding.sampling_mesh(config)
+        self.sharding = sharding.batch_sharding(self.mesh)
+        self._min_params = sharding.min_params(config)
         self.graphdef, self.state = nnx.split(model)
+        self.state = self._place(self.state)
         self._jitted = jax.jit(self._generate, out_shardings=self.sharding)
+
+    def _place(self, state):
+        """Parameters onto the mesh (a no-op where they are there already), rng state replicated."""
+        params, rest = nnx.split_state(state, nnx.Param, ...)
+        params = jax.device_put(params, sharding.param_shardings(params, self.mesh, self._min_params))
+        rest = jax.device_put(rest, sharding.replicated(self.mesh))
+        return nnx.merge_state(params, rest)
 
     def set_model(self, model: nnx.Module) -> None:
         """Swap in other parameters of the same network (e.g. another checkpoint) without
@@ -74,11 +86,15 @@ class Generator:
         graphdef, state = nnx.split(model)
         if graphdef != self.graphdef:
             raise ValueError("set_model needs a network of the same structure; build a new Generator")
-        self.state = state
+        self.state = self._place(state)
 
     # -- the traced part --------------------------------------------------------------------------
     def _generate(self, state, video: Array, label: Array, rng: Array) -> Array:
-        model = nnx.merge(self.graphdef, state)
+        # The network is rebuilt from `state` inside every call: the sampler calls it from inside
+        # its loop, and scanned blocks (nnx.scan) refuse a module built at an outer trace level.
+        def model(*args, **kwargs):
+            return nnx.merge(self.graphdef, state)(*args, **kwargs)
+
         cfg = self.model_cfg
         b, t = video.shape[:2]
         x_cond = video.astype(jnp.float32) / 127.5 - 1.0

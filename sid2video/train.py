@@ -16,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import pathlib
 import signal
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import flax
 import jax
@@ -28,9 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from sid2video import checkpoint as ckpt
+from sid2video import sharding
+from sid2video.settings import LR_DECAYS, TrainConfig  # noqa: F401  (re-exported)
+from sid2video.sharding import make_mesh  # noqa: F401  (re-exported)
 from sid2video.diffusion import losses, schedules
 from sid2video.models import uvit
 
@@ -39,79 +41,6 @@ Array = jax.Array
 
 
 # ----------------------------------------------------------------------------- config
-
-
-LR_DECAYS = ("none", "cosine", "linear")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """`config.train`: optimisation (SPEC §6), parallelism, logging and checkpointing."""
-
-    batch_size: int = 2048  # global, over all processes
-    num_steps: int = 1_000_000
-    learning_rate: float = 1e-4
-    warmup_steps: int = 10_000
-    lr_decay: str = "none"  # after warm-up: 'none' (constant), 'cosine' or 'linear' to 0 at num_steps
-    adam_b1: float = 0.9
-    adam_b2: float = 0.99
-    adam_eps: float = 1e-12
-    grad_clip: float = 1.0  # global-norm clip; 0 disables
-    weight_decay: float = 0.0
-    ema_decay: float = 0.9999
-    ema_warmup: bool = False  # decay_t = min(decay, (1 + t) / (10 + t)) early in training
-    grad_accum_steps: int = 1
-    fsdp: int = 1  # size of the 'fsdp' mesh axis; 1 = pure data parallel
-    fsdp_min_params: int = 2**14  # smaller parameters stay replicated under FSDP
-    on_nonfinite: str = "stop"  # 'stop': save a debug snapshot and stop; 'skip': drop the update
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    keep_every: int = 0  # also keep every K-th step's checkpoint; 0 = none
-    async_checkpoint: bool = True
-    sample_every: int = 0  # periodic EMA samples written as PNG strips; 0 = off
-    num_samples: int = 4
-    peak_flops_per_device: float = 0.0  # for MFU; 0 = look up the device kind, else no MFU
-
-    def __post_init__(self):
-        def bad(key, allowed):
-            return ValueError(f"config.train.{key}={getattr(self, key)!r} is invalid: {allowed}")
-
-        for key in ("batch_size", "num_steps", "grad_accum_steps", "fsdp", "log_every",
-                    "checkpoint_every", "keep_checkpoints", "num_samples"):
-            v = getattr(self, key)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise bad(key, "must be an integer >= 1")
-        for key in ("warmup_steps", "keep_every", "sample_every", "fsdp_min_params"):
-            v = getattr(self, key)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
-                raise bad(key, "must be an integer >= 0")
-        if not self.learning_rate > 0:
-            raise bad("learning_rate", "must be > 0")
-        for key in ("adam_b1", "adam_b2", "ema_decay"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise bad(key, "must be in [0, 1)")
-        for key in ("adam_eps", "grad_clip", "weight_decay", "peak_flops_per_device"):
-            if not getattr(self, key) >= 0:
-                raise bad(key, "must be >= 0")
-        if self.lr_decay not in LR_DECAYS:
-            raise bad("lr_decay", f"choose one of {', '.join(map(repr, LR_DECAYS))}")
-        if self.lr_decay != "none" and self.warmup_steps >= self.num_steps:
-            raise bad("lr_decay", f"decays after the warm-up, which needs train.warmup_steps="
-                      f"{self.warmup_steps} < train.num_steps={self.num_steps}")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise bad("on_nonfinite", "choose 'stop' or 'skip'")
-        if self.batch_size % self.grad_accum_steps:
-            raise bad("grad_accum_steps", f"must divide train.batch_size={self.batch_size}")
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "TrainConfig":
-        cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ValueError(f"config.train has unknown key(s) {unknown}; known: {', '.join(sorted(names))}")
-        return cls(**cfg)
 
 
 def conditioning_frames(config) -> int:
@@ -158,19 +87,6 @@ def make_optimizer(tc: TrainConfig) -> tuple[optax.GradientTransformation, optax
     return optax.chain(*parts), lr
 
 
-def make_mesh(fsdp: int = 1, devices: list | None = None) -> Mesh:
-    """A ('data', 'fsdp') mesh over all devices of all processes."""
-    devices = list(jax.devices() if devices is None else devices)
-    if len(devices) % fsdp:
-        raise ValueError(f"config.train.fsdp={fsdp} must divide the number of devices ({len(devices)})")
-    grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
-    return Mesh(grid, ("data", "fsdp"))
-
-
-def _leaf_sharding(mesh: Mesh, shape: tuple[int, ...], min_size: int) -> NamedSharding:
-    return NamedSharding(mesh, uvit.param_partition_spec(shape, dict(mesh.shape), min_size))
-
-
 class Trainer:
     """Builds the model, optimizer, mesh and the jitted step for one config."""
 
@@ -213,11 +129,10 @@ class Trainer:
         self.graphdef, abstract_params, self._abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
         self._param_template = abstract_params
         abstract_state = jax.eval_shape(self._init_state)
-        self.state_shardings = jax.tree.map(lambda a: _leaf_sharding(self.mesh, a.shape, self.tc.fsdp_min_params),
-                                            abstract_state)
+        self.state_shardings = sharding.param_shardings(abstract_state, self.mesh, self.tc.fsdp_min_params)
         self.abstract_state = ckpt.abstract_like(abstract_state, self.state_shardings)
-        self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
-        self.replicated = NamedSharding(self.mesh, P())
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self.replicated = sharding.replicated(self.mesh)
         self._step = jax.jit(
             self.train_step,
             in_shardings=(self.state_shardings, self.batch_sharding, self.replicated),
@@ -252,7 +167,9 @@ class Trainer:
         b = x.shape[0]
         rng_drop, rng_label, rng_cond, rng_loss = jax.random.split(rng, 4)
         model = self.model(params)
-        nnx.reseed(model, dropout=rng_drop)
+        # Scanned blocks hold their dropout keys stacked along the block axis; 'match_shape' gives
+        # every block (and every stream) its own key derived from rng_drop.
+        nnx.reseed(model, dropout=rng_drop, policy="match_shape")
         label = None
         if self.model_cfg.num_classes:
             label = losses.drop_labels(rng_label, batch["label"].astype(jnp.int32), self.class_drop_rate,

@@ -20,6 +20,7 @@ Norms are LayerNorms over channels, one position at a time, so no statistic mixe
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -325,21 +326,37 @@ class BlockStack(nnx.Module):
     def __call__(self, x: Array, emb: Array, deterministic: bool = True) -> Array:
         if self.num == 0:
             return x
-
-        def apply(block, h, e):
-            return block(h, e, deterministic)
-
-        if self.remat:
-            apply = nnx.remat(apply)
+        # Plain JAX transforms over (graphdef, state) rather than nnx.scan / nnx.remat: those
+        # refuse parameters traced at an outer level, which is what a sampler's loop (or any
+        # caller's jax.lax loop) closes over. Only the rng streams change during a call; their
+        # new state is written back (only when dropout runs: a deterministic call leaves it as
+        # it was, and the caller's loop may not allow writing to it).
         if self.scan:
-            @nnx.scan(in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry)
-            def run(block, h, e):
-                return apply(block, h, e)
-
-            return run(self.blocks, x, emb)
+            graphdef, state = nnx.split(self.blocks)
+            step = functools.partial(_apply_block, graphdef, emb=emb, deterministic=deterministic)
+            if self.remat:
+                step = jax.checkpoint(step)
+            x, rng_state = jax.lax.scan(lambda h, st: step(st, h), x, state)
+            if not deterministic:
+                nnx.update(self.blocks, rng_state)
+            return x
         for block in self.blocks:
-            x = apply(block, x, emb)
+            if self.remat:
+                graphdef, state = nnx.split(block)
+                x, rng_state = jax.checkpoint(functools.partial(
+                    _apply_block, graphdef, emb=emb, deterministic=deterministic))(state, x)
+                if not deterministic:
+                    nnx.update(block, rng_state)
+            else:
+                x = block(x, emb, deterministic)
         return x
+
+
+def _apply_block(graphdef, state, h: Array, *, emb: Array, deterministic: bool):
+    """One block rebuilt from its state, applied to h: (output, the block's new rng state)."""
+    block = nnx.merge(graphdef, state)
+    out = block(h, emb, deterministic)
+    return out, nnx.state(block, nnx.RngState)
 
 
 def tree_size(tree) -> int:

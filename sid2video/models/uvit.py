@@ -32,13 +32,13 @@ any subset per example.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import PartitionSpec as P
+
+from sid2video.sharding import param_partition_spec  # noqa: F401  (re-exported)
 
 from sid2video.models import layers
 
@@ -423,27 +423,6 @@ def count_params(model: nnx.Module) -> int:
 
 
 # --- sharding ------------------------------------------------------------------------------------
-
-
-def param_partition_spec(shape: Sequence[int], mesh_shape: Mapping[str, int],
-                         min_size: int = 2**14) -> P:
-    """PartitionSpec of one parameter for a mesh with axes ('data',) or ('data', 'fsdp').
-
-    Data parallel: every parameter is replicated. FSDP: a matrix or kernel of at least
-    `min_size` elements is split along 'fsdp' on the larger of its last two dimensions (the
-    input/output features of a Dense or convolution; a leading axis of scanned, stacked blocks
-    is never split) when that dimension divides evenly; everything else is replicated.
-    """
-    n = int(mesh_shape.get("fsdp", 1))
-    if n <= 1 or len(shape) < 2 or math.prod(shape) < min_size:
-        return P()
-    dims = sorted(range(len(shape) - 2, len(shape)), key=lambda d: -shape[d])
-    for d in dims:
-        if shape[d] % n == 0:
-            spec = [None] * len(shape)
-            spec[d] = "fsdp"
-            return P(*spec)
-    return P()
 
 
 def named_shardings(model_or_state, mesh) -> Any:

@@ -1,0 +1,89 @@
+"""Where arrays live: the ('data', 'fsdp') device mesh shared by training, sampling and evaluation.
+
+    mesh = sharding.make_mesh(fsdp=2)                  # all devices of all processes
+    specs = sharding.param_shardings(params, mesh)     # NamedSharding per parameter
+    batch = sharding.batch_sharding(mesh)              # leading axis over every device
+
+Data parallel (fsdp = 1): parameters replicated, the batch split over all devices. FSDP: large
+matrices and kernels split along 'fsdp' as well. A run's checkpoint can be sampled on another
+host: `sampling_mesh` keeps as much of the training run's FSDP split as the devices there allow.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp")
+DEFAULT_FSDP_MIN_PARAMS = 2**14  # config.train.fsdp_min_params: smaller parameters stay replicated
+
+
+def make_mesh(fsdp: int = 1, devices: Sequence | None = None) -> Mesh:
+    """A ('data', 'fsdp') mesh over `devices` (default: all devices of all processes)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"config.train.fsdp={fsdp} must divide the number of devices ({len(devices)}); "
+                         f"choose one of {[d for d in range(1, len(devices) + 1) if len(devices) % d == 0]}")
+    grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
+    return Mesh(grid, AXES)
+
+
+def sampling_mesh(config, devices: Sequence | None = None) -> Mesh:
+    """The mesh to sample a run's model on: the run's FSDP size (config.train.fsdp) where it divides
+    the devices here, else the largest common divisor (1: replicated parameters)."""
+    devices = list(jax.devices() if devices is None else devices)
+    fsdp = int(_train_key(config, "fsdp", 1))
+    return make_mesh(math.gcd(fsdp, len(devices)), devices)
+
+
+def min_params(config) -> int:
+    """config.train.fsdp_min_params, or its default where a config does not say."""
+    return int(_train_key(config, "fsdp_min_params", DEFAULT_FSDP_MIN_PARAMS))
+
+
+def param_partition_spec(shape: Sequence[int], mesh_shape: Mapping[str, int],
+                         min_size: int = DEFAULT_FSDP_MIN_PARAMS) -> P:
+    """PartitionSpec of one parameter for a mesh with axes ('data',) or ('data', 'fsdp').
+
+    Data parallel: every parameter is replicated. FSDP: a matrix or kernel of at least
+    `min_size` elements is split along 'fsdp' on the larger of its last two dimensions (the
+    input/output features of a Dense or convolution; a leading axis of scanned, stacked blocks
+    is never split) when that dimension divides evenly; everything else is replicated.
+    """
+    n = int(mesh_shape.get("fsdp", 1))
+    if n <= 1 or len(shape) < 2 or math.prod(shape) < min_size:
+        return P()
+    dims = sorted(range(len(shape) - 2, len(shape)), key=lambda d: -shape[d])
+    for d in dims:
+        if shape[d] % n == 0:
+            spec = [None] * len(shape)
+            spec[d] = "fsdp"
+            return P(*spec)
+    return P()
+
+
+def param_shardings(tree: Any, mesh: Mesh, min_size: int = DEFAULT_FSDP_MIN_PARAMS) -> Any:
+    """A NamedSharding for every array (or ShapeDtypeStruct) leaf of `tree`."""
+    shape = dict(mesh.shape)
+    return jax.tree.map(lambda a: NamedSharding(mesh, param_partition_spec(a.shape, shape, min_size)), tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The leading (batch) axis split over every device of the mesh."""
+    return NamedSharding(mesh, P(tuple(mesh.axis_names)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def _train_key(config, key: str, default):
+    train = config.get("train") if hasattr(config, "get") else None
+    if train is None:
+        return default
+    value = train.get(key, default) if hasattr(train, "get") else getattr(train, key, default)
+    return default if value is None else value
