@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/sid2video demo --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) .pytest_cache

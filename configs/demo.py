@@ -37,6 +37,10 @@ _TRAIN = dict(batch_size=16, num_steps=2000, learning_rate=1e-3, warmup_steps=10
               ema_decay=0.999, ema_warmup=True, log_every=10, checkpoint_every=200, keep_checkpoints=2)
 
 
+# The variants `--config configs/demo.py:<variant>` accepts (the first is the default).
+VARIANTS = ("video", "images")
+
+
 def get_config(variant: str = "video"):
     if variant == "video":
         return common.base(

@@ -16,6 +16,10 @@ if _ROOT not in sys.path:
 from configs import common  # noqa: E402
 
 
+# The variants `--config configs/imagenet128.py:<variant>` accepts (the first is the default).
+VARIANTS = ("small", "flop_heavy")
+
+
 def get_config(variant: str = "small"):
     return common.imagenet(128, variant, bias=0.0, guidance_interval=(0.0, 5.0),
                            small_patch=1, flop_heavy_patch=1, drop_top_level=True)

@@ -15,6 +15,10 @@ if _ROOT not in sys.path:
 from configs import common  # noqa: E402
 
 
+# The variants `--config configs/imagenet256.py:<variant>` accepts (the first is the default).
+VARIANTS = ("small", "flop_heavy")
+
+
 def get_config(variant: str = "small"):
     return common.imagenet(256, variant, bias=-1.0, guidance_interval=(-1.5, 5.0),
                            small_patch=2, flop_heavy_patch=1)

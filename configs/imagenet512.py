@@ -16,6 +16,10 @@ if _ROOT not in sys.path:
 from configs import common  # noqa: E402
 
 
+# The variants `--config configs/imagenet512.py:<variant>` accepts (the first is the default).
+VARIANTS = ("small", "flop_heavy")
+
+
 def get_config(variant: str = "small"):
     return common.imagenet(512, variant, bias=-3.0, guidance_interval=(-3.0, 5.0),
                            small_patch=4, flop_heavy_patch=2)

@@ -25,6 +25,10 @@ if _ROOT not in sys.path:
 from configs import common  # noqa: E402
 
 
+# The variants `--config configs/kinetics600.py:<variant>` accepts (the first is the default).
+VARIANTS = ("small",)
+
+
 def get_config(variant: str = "small"):
     if variant != "small":
         raise ValueError(f"unknown variant {variant!r} for kinetics600; choose 'small'")

@@ -1004,6 +1004,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", default=None, help="guidance logSNR interval 'lo,hi' or 'none'")
     p.add_argument("--logvar-interp", type=float, default=None, help="DDPM log-variance interpolation override")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from sid2video import sharding
+
+    sharding.add_distributed_flags(p)
     return p
 
 
@@ -1014,6 +1017,9 @@ def run(argv: Sequence[str]) -> int:
 
     absl.flags.FLAGS.mark_as_parsed()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from sid2video import sharding
+
+    sharding.join_from_flags(args)
     interval = None
     if args.interval is not None:
         interval = "none" if args.interval.lower() == "none" else tuple(float(v) for v in args.interval.split(","))

@@ -215,6 +215,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--interval", default=None, help="guidance logSNR interval 'lo,hi' or 'none'")
     parser.add_argument("--logvar_interp", type=float, default=None)
+    sharding.add_distributed_flags(parser)
     args = parser.parse_args(argv)
     absl.flags.FLAGS.mark_as_parsed()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -222,6 +223,11 @@ def run(argv: list[str]) -> int:
     from sid2video import checkpoint
     from sid2video.data import pipeline
 
+    sharding.join_from_flags(args)
+    processes = jax.process_count()
+    if args.num < 1 or args.num % processes:
+        raise SystemExit(f"sid2video sample: --num {args.num} must be a positive multiple of the number "
+                         f"of processes ({processes})")
     model, config, step = checkpoint.load_model(args.workdir, args.checkpoint, ema=not args.raw)
     interval = None
     if args.interval is not None:
@@ -234,16 +240,25 @@ def run(argv: list[str]) -> int:
         generator = Generator(model, config, **overrides)
     except ValueError as err:
         raise SystemExit(f"sid2video sample: {err}")
-    it = pipeline.make_eval_iterator(config.data, batch_size=args.num, split=args.split)
+    # Each process takes its share of the clips (rows p, p + P, ... of the split) and samples it
+    # on the devices of all processes; the shares are gathered and process 0 writes the file.
+    it = pipeline.make_eval_iterator(config.data, batch_size=args.num // processes, split=args.split)
     batch = next(it)
-    n = int(np.sum(batch.get("mask", np.ones(args.num))))
-    batch = {k: np.asarray(v)[:n] for k, v in batch.items() if k in ("video", "label")}
+    keep = np.asarray(batch.get("mask", np.ones(len(batch["video"]), bool)), bool)
+    batch = {k: np.asarray(v) for k, v in batch.items() if k in ("video", "label")}
     video = generator(batch, jax.random.PRNGKey(args.seed))
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        video, keep, batch = multihost_utils.process_allgather((video, keep, batch), tiled=True)
+    n = int(keep.sum())
     out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "samples" / f"step_{step}.npz")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, sample=video, truth=batch["video"], label=batch.get("label", np.zeros(n)),
-                        num_cond=generator.num_cond)
-    settings = dict(sampler_settings(config, **overrides), checkpoint=step, num=n)
-    out.with_suffix(".json").write_text(json.dumps(settings, indent=2, default=str))
-    print(f"wrote {n} samples from step {step} to {out}")
+    if jax.process_index() == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, sample=video[keep], truth=batch["video"][keep],
+                            label=batch.get("label", np.zeros(len(keep)))[keep], num_cond=generator.num_cond)
+        settings = dict(sampler_settings(config, **overrides), checkpoint=step, num=n)
+        out.with_suffix(".json").write_text(json.dumps(settings, indent=2, default=str))
+    if jax.process_index() == 0:
+        print(f"wrote {n} samples from step {step} to {out}")
     return 0

@@ -87,3 +87,38 @@ def _train_key(config, key: str, default):
         return default
     value = train.get(key, default) if hasattr(train, "get") else getattr(train, key, default)
     return default if value is None else value
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, auto: bool = False) -> None:
+    """Join a multi-process run through JAX's own runtime (`jax.distributed.initialize`).
+
+    On TPU pods and SLURM/Kubernetes GPU clusters `auto=True` lets JAX discover the peers. On CPU
+    (tests, or a cluster of CPU hosts) give the coordinator address, the number of processes and
+    this process's id; collectives then run over gloo.
+    """
+    if coordinator:
+        if jax.config.jax_platforms in (None, "", "cpu") or str(jax.config.jax_platforms).startswith("cpu"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    elif auto:
+        jax.distributed.initialize()
+
+
+def add_distributed_flags(parser) -> None:
+    """The flags that join a multi-process run, for an argparse subcommand (sample, evaluate)."""
+    group = parser.add_argument_group("multi-process runs (the same command on every process)")
+    group.add_argument("--coordinator_address", default=None,
+                       help="host:port of process 0 for multi-process CPU/GPU runs")
+    group.add_argument("--num_processes", type=int, default=None, help="number of processes")
+    group.add_argument("--process_id", type=int, default=None, help="this process's index")
+    group.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
+
+
+def join_from_flags(args) -> None:
+    """`initialize_distributed` from the flags of `add_distributed_flags` (or train's absl flags)."""
+    given = [args.coordinator_address, args.num_processes, args.process_id]
+    if args.coordinator_address and None in given:
+        raise SystemExit("--coordinator_address needs --num_processes and --process_id as well")
+    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id, args.distributed)

@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 from sid2video import checkpoint as ckpt
 from sid2video import sharding
 from sid2video.settings import LR_DECAYS, TrainConfig  # noqa: F401  (re-exported)
-from sid2video.sharding import make_mesh  # noqa: F401  (re-exported)
+from sid2video.sharding import initialize_distributed, make_mesh  # noqa: F401  (re-exported)
 from sid2video.diffusion import losses, schedules
 from sid2video.models import uvit
 
@@ -531,25 +531,6 @@ def _write_samples(trainer: Trainer, state: TrainState, workdir: pathlib.Path, s
                                num_cond=trainer.num_cond)
 
 
-# ----------------------------------------------------------------------------- multi-process set-up
-
-
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, auto: bool = False) -> None:
-    """Join a multi-process run through JAX's own runtime (`jax.distributed.initialize`).
-
-    On TPU pods and SLURM/Kubernetes GPU clusters `auto=True` lets JAX discover the peers. On CPU
-    (tests, or a cluster of CPU hosts) give the coordinator address, the number of processes and
-    this process's id; collectives then run over gloo.
-    """
-    if coordinator:
-        if jax.config.jax_platforms in (None, "", "cpu") or str(jax.config.jax_platforms).startswith("cpu"):
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
-    elif auto:
-        jax.distributed.initialize()
-
-
 def run(argv: list[str]) -> int:
     """`sid2video train --config configs/kinetics600.py:small --workdir DIR [--config.key=value]`."""
     from absl import flags
@@ -573,7 +554,7 @@ def run(argv: list[str]) -> int:
     if not fv.workdir:
         raise SystemExit("sid2video train: --workdir is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id, fv.distributed)
+    sharding.join_from_flags(fv)
     try:
         summary = fit(fv.config, fv.workdir, steps=fv.steps, minutes=fv.minutes)
     except (NonFiniteError, ckpt.CheckpointMismatchError, ValueError) as err:

@@ -50,3 +50,12 @@ def tiny_run(tmp_path_factory):
                         data_iterator=Batches(), progress=False)
     assert summary["step"] == 10
     return workdir
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n 2 --dist loadgroup` (make test) a test file's tests stay in one worker, so
+    its module fixtures are built once, unless a test names its own xdist group (the shipped-config
+    variants, which are long and independent)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

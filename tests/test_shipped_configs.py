@@ -1,0 +1,145 @@
+"""Every shipped config, as its users run it: the real structure at shrunk width, through the CLI,
+on 2 CPU devices.
+
+For each config file and variant in configs/ (enumerated from the files' VARIANTS), with widths
+and resolution shrunk by `--config` overrides only: train with FSDP over both devices and gradient
+accumulation, lose the newest checkpoint, resume, and compare with the uninterrupted run; sample
+with the config's own sampler (method, guidance and its logSNR interval; fewer steps) and evaluate
+(FVD with I3D for video, FID's Fréchet distance for images) with the FSDP-sharded model; train with
+plain data parallelism (video configs; every variant with SID2VIDEO_SHIPPED_FULL=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import shipped
+from sid2video import checkpoint, cli
+
+
+# Sampling keeps the config's method, guidance weight and interval, variance and clipping; only the
+# number of steps is cut (as `--steps` lets a user), so 512-step DDPM stays cheap on a CPU.
+SAMPLER_STEPS = 8
+
+
+def _plain(section) -> dict:
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in section.to_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shipped_data")
+    out = shipped.write_data(root)
+    out["fid_weights"] = shipped.write_random_inception(root / "inception_random.npz")
+    return out
+
+
+def test_every_config_file_declares_its_variants():
+    found = shipped.variants()
+    assert ("kinetics600", "small") in found and ("imagenet512", "flop_heavy") in found
+    for name, variant in found:
+        config = cli.load_config_file(shipped.CONFIGS / f"{name}.py", variant)
+        assert "model" in config and "train" in config
+
+
+def _commands(name, variant, config, data, tmp_path, *, data_parallel: bool):
+    video = config.data.num_frames > 1
+    spec = ["--config", f"configs/{name}.py:{variant}", *shipped.shrink_flags(config),
+            f"--config.data.data_dir={data['video' if video else 'images']}",
+            "--config.train.batch_size=4", "--config.train.checkpoint_every=1", "--config.train.log_every=1"]
+    fsdp = ["--config.train.fsdp=2", "--config.train.grad_accum_steps=2", "--config.train.fsdp_min_params=64"]
+    run = str(tmp_path / "run")
+    evaluate = ["evaluate", "--workdir", run, "--num-samples", "2", "--batch-size", "2", "--no-progress",
+                "--steps", str(SAMPLER_STEPS)]
+    if video:
+        evaluate += ["--metric", "fvd", "--no-baseline-fvd"]
+    else:
+        evaluate += ["--metric", "fid", "--fid-weights", str(data["fid_weights"])]
+    commands = [
+        # FSDP over both devices (the batch split over both as well) with gradient accumulation, 2
+        # steps; the step-2 checkpoint is then taken away (a preempted run) and the run resumes
+        # from step 1. Its model samples and is evaluated FSDP-sharded.
+        ["train", *spec, *fsdp, "--workdir", run, "--steps", "2"],
+        ["@move", f"{run}/checkpoints/2", str(tmp_path / "whole" / "checkpoints" / "2")],
+        ["train", *spec, *fsdp, "--workdir", run, "--steps", "2"],
+        ["sample", "--workdir", run, "--num", "2", "--steps", str(SAMPLER_STEPS)],
+        evaluate,
+    ]
+    if data_parallel:  # replicated parameters, the batch over both devices
+        commands.append(["train", *spec, "--workdir", str(tmp_path / "dp"), "--steps", "1"])
+    return commands
+
+
+def _data_parallel_everywhere() -> bool:
+    return os.environ.get("SID2VIDEO_SHIPPED_FULL", "") not in ("", "0")
+
+
+# Each variant is its own xdist group, so the variants spread over the test workers.
+@pytest.mark.parametrize("name,variant", [
+    pytest.param(n, v, marks=pytest.mark.xdist_group(f"shipped-{n}-{v}")) for n, v in shipped.variants()])
+def test_shipped_config_trains_resumes_samples_and_evaluates(name, variant, data, tmp_path):
+    config = cli.load_config_file(shipped.CONFIGS / f"{name}.py", variant)
+    # Plain data parallelism compiles one more train step per variant; the suite runs it for the
+    # video configs, SID2VIDEO_SHIPPED_FULL=1 for every variant.
+    data_parallel = config.data.num_frames > 1 or _data_parallel_everywhere()
+    commands = _commands(name, variant, config, data, tmp_path, data_parallel=data_parallel)
+    reports = shipped.run_commands(commands, tmp_path)
+    print([(r["argv"][0], r["seconds"]) for r in reports])
+
+    # Resumed at step 1 = uninterrupted, bit for bit (parameters, EMA).
+    for ema in (False, True):
+        resumed, run_config, step = checkpoint.load_model(tmp_path / "run", ema=ema)
+        whole, _, _ = checkpoint.load_model(tmp_path / "whole", ema=ema)
+        assert step == 2
+        pairs = zip(jax.tree.leaves(nnx.state(resumed, nnx.Param)), jax.tree.leaves(nnx.state(whole, nnx.Param)))
+        for x, y in pairs:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # The run kept the shipped structure (only widths and resolution changed).
+    for key in ("block_types", "encoder_blocks", "decoder_blocks", "patch_size", "scan_blocks", "remat",
+                "dropout", "dtype", "conv", "attention", "num_heads"):
+        assert run_config.model[key] == config.model[key] or tuple(run_config.model[key]) == tuple(config.model[key])
+    assert _plain(run_config.sampler) == _plain(config.sampler)
+
+    # Trained with finite losses (steps 1, 2, and 2 again after the resume).
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 2] and all(shipped.finite(r["loss"]) for r in rows)
+    assert rows[1]["loss"] == rows[2]["loss"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["train"]["fsdp"], saved["train"]["grad_accum_steps"]) == (2, 2)
+    if data_parallel:
+        rows = [json.loads(line) for line in (tmp_path / "dp" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1] and shipped.finite(rows[0]["loss"])
+
+    # Samples with the config's own sampler settings; given frames come back bit for bit.
+    out = np.load(tmp_path / "run" / "samples" / "step_2.npz")
+    settings = json.loads((tmp_path / "run" / "samples" / "step_2.json").read_text())
+    assert settings["num_steps"] == SAMPLER_STEPS
+    for key in ("method", "guidance", "logvar_interp", "clip"):
+        assert settings[key] == config.sampler[key]
+    interval = config.sampler.guidance_interval
+    assert (settings["guidance_interval"] is None) == (interval is None)
+    if interval is not None:
+        assert tuple(settings["guidance_interval"]) == tuple(interval)
+    res = config.data.resolution
+    sample, truth = out["sample"], out["truth"]
+    assert sample.dtype == np.uint8 and sample.shape == truth.shape
+    shrunk = int(next(f for f in shipped.shrink_flags(config) if "data.resolution" in f).split("=")[1])
+    assert sample.shape[:3] == (2, config.data.num_frames, shrunk) and shrunk <= res
+    k = int(out["num_cond"])
+    assert k == config.data.num_cond_frames
+    np.testing.assert_array_equal(sample[:, :k], truth[:, :k])
+    assert sample[:, k:].std() > 0
+
+    # Evaluation of the FSDP-trained run on the same 2 devices.
+    result = json.loads((tmp_path / "run" / "eval" / "result.json").read_text())
+    entry = result["checkpoints"][0]
+    metric = "fvd" if config.data.num_frames > 1 else "fid"
+    assert entry["step"] == 2 and shipped.finite(entry[metric]) and entry[metric] > 0
+    if k:
+        assert shipped.finite(entry["psnr"]) and shipped.finite(entry["ssim"])
