@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= demo_out
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-shipped clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# Every config variant through train (DP, FSDP + accumulation), resume, sample and evaluate
+# (about 20 minutes on 2 cores; `make test` runs the chain for two of them).
+test-shipped: $(STAMP)
+	SID2VIDEO_SHIPPED_FULL=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup tests/test_shipped_configs.py tests/test_readme.py
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) .pytest_cache

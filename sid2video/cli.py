@@ -72,6 +72,7 @@ def parse_flags(prog: str, argv: list[str], define: Callable[[Any], None] | None
     from absl import flags
     from ml_collections import config_flags
 
+    _check_config_arg(prog, argv)
     args = [prog] + list(argv)
     fv = flags.FlagValues()
     # sys_argv: which --config.key=value overrides exist is read from these args; by default
@@ -105,6 +106,39 @@ def parse_flags(prog: str, argv: list[str], define: Callable[[Any], None] | None
         raise SystemExit(f"{prog}: --config is required, e.g. --config configs/kinetics600.py:small")
     flags.FLAGS.mark_as_parsed()
     return fv
+
+
+def _check_config_arg(prog: str, argv: list[str]) -> None:
+    """`--config path.py[:variant]`: a missing file or an unknown variant (one not in the file's
+    VARIANTS) is one line naming the fix, before the config file runs."""
+    import pathlib  # pylint: disable=import-outside-toplevel
+    import re  # pylint: disable=import-outside-toplevel
+
+    value = None
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith("--config="):
+            value = a.split("=", 1)[1]
+    if not value:
+        return
+    path, _, variant = value.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        shipped = sorted(str(p) for p in pathlib.Path("configs").glob("*.py") if "def get_config" in p.read_text())
+        hint = f"; the configs here: {', '.join(shipped)}" if shipped else ""
+        raise SystemExit(f"{prog}: --config {value}: no config file {path}{hint}")
+    match = re.search(r"^VARIANTS\s*=\s*(\([^)]*\))", file.read_text(), re.MULTILINE)
+    if variant and match:
+        import ast  # pylint: disable=import-outside-toplevel
+
+        try:
+            variants = ast.literal_eval(match.group(1))
+        except (ValueError, SyntaxError):
+            return
+        if variant not in variants:
+            raise SystemExit(f"{prog}: --config {value}: {path} has no variant {variant!r}; choose one of "
+                             f"{', '.join(variants)} (e.g. --config {path}:{variants[0]})")
 
 
 def _parser() -> argparse.ArgumentParser:

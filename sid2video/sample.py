@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sid2video import sharding
+from sid2video.checkpoint import fresh_state
 from sid2video.diffusion import parametrization, samplers, schedules
 
 log = logging.getLogger("sid2video.sample")
@@ -69,31 +70,32 @@ class Generator:
         self.mesh = mesh if mesh is not None else sharding.sampling_mesh(config)
         self.sharding = sharding.batch_sharding(self.mesh)
         self._min_params = sharding.min_params(config)
-        self.graphdef, self.state = nnx.split(model)
-        self.state = self._place(self.state)
+        self.graphdef, self.state, self._rest = self._split(model)
         self._jitted = jax.jit(self._generate, out_shardings=self.sharding)
 
-    def _place(self, state):
-        """Parameters onto the mesh (a no-op where they are there already), rng state replicated."""
-        params, rest = nnx.split_state(state, nnx.Param, ...)
+    def _split(self, model: nnx.Module):
+        """(graphdef, parameters on the mesh, the shapes of the rest): the parameters are replicated
+        or FSDP-split (a no-op where they are there already); the rest (dropout rng streams, unused
+        when sampling) is rebuilt inside the jitted function, so no host-local array meets the
+        global mesh of a multi-process run."""
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         params = jax.device_put(params, sharding.param_shardings(params, self.mesh, self._min_params))
-        rest = jax.device_put(rest, sharding.replicated(self.mesh))
-        return nnx.merge_state(params, rest)
+        return graphdef, params, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), rest)
 
     def set_model(self, model: nnx.Module) -> None:
         """Swap in other parameters of the same network (e.g. another checkpoint) without
         recompiling; a network of another structure is refused."""
-        graphdef, state = nnx.split(model)
+        graphdef, state, _ = self._split(model)
         if graphdef != self.graphdef:
             raise ValueError("set_model needs a network of the same structure; build a new Generator")
-        self.state = self._place(state)
+        self.state = state
 
     # -- the traced part --------------------------------------------------------------------------
     def _generate(self, state, video: Array, label: Array, rng: Array) -> Array:
         # The network is rebuilt from `state` inside every call: the sampler calls it from inside
-        # its loop, and scanned blocks (nnx.scan) refuse a module built at an outer trace level.
+        # its loop, and a module's variables are only usable at the trace level that built them.
         def model(*args, **kwargs):
-            return nnx.merge(self.graphdef, state)(*args, **kwargs)
+            return nnx.merge(self.graphdef, state, fresh_state(self._rest))(*args, **kwargs)
 
         cfg = self.model_cfg
         b, t = video.shape[:2]
@@ -228,7 +230,10 @@ def run(argv: list[str]) -> int:
     if args.num < 1 or args.num % processes:
         raise SystemExit(f"sid2video sample: --num {args.num} must be a positive multiple of the number "
                          f"of processes ({processes})")
-    model, config, step = checkpoint.load_model(args.workdir, args.checkpoint, ema=not args.raw)
+    try:
+        model, config, step = checkpoint.load_model(args.workdir, args.checkpoint, ema=not args.raw)
+    except (FileNotFoundError, ValueError) as err:  # no run, no such step, another config's checkpoint
+        raise SystemExit(f"sid2video sample: {err}")
     interval = None
     if args.interval is not None:
         interval = () if args.interval.lower() == "none" else tuple(float(v) for v in args.interval.split(","))

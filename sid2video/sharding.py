@@ -97,6 +97,12 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     (tests, or a cluster of CPU hosts) give the coordinator address, the number of processes and
     this process's id; collectives then run over gloo.
     """
+    if (coordinator or auto) and jax.distributed.is_initialized():
+        # Already part of the run (e.g. sampling after training in one Python process).
+        if num_processes is not None and jax.process_count() != num_processes:
+            raise ValueError(f"this process already joined a run of {jax.process_count()} processes, "
+                             f"not {num_processes}")
+        return
     if coordinator:
         if jax.config.jax_platforms in (None, "", "cpu") or str(jax.config.jax_platforms).startswith("cpu"):
             jax.config.update("jax_cpu_collectives_implementation", "gloo")

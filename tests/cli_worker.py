@@ -5,7 +5,8 @@
 COMMANDS.json is a list of argv lists (`["train", "--config", "configs/kinetics600.py:small", ...]`).
 `["@move", SRC, DST]` moves a file or folder instead (e.g. a checkpoint, to resume before it). Each
 command goes through `sid2video.cli.main`, the console script's entry point, in order; one JSON line
-per command reports its exit code and seconds. The first failing command ends the run (exit 1).
+per command reports its exit code, seconds and, for a SystemExit with a message, the message. The
+first failing command ends the run (exit 1), unless $CLI_WORKER_KEEP_GOING is set.
 Several commands in one process share the imports; compiled programs are shared through JAX's
 persistent cache ($SID2VIDEO_TEST_JAX_CACHE), so a resumed run does not compile again.
 """
@@ -34,6 +35,7 @@ def main(path: str) -> int:
         commands = json.load(f)
     for argv in commands:
         start = time.perf_counter()
+        message = None
         try:
             if argv[0] == "@move":
                 pathlib.Path(argv[2]).parent.mkdir(parents=True, exist_ok=True)
@@ -42,15 +44,15 @@ def main(path: str) -> int:
             else:
                 rc = cli.main(list(argv))
         except SystemExit as err:
-            rc = err.code if isinstance(err.code, int) else 1
-            if err.code not in (0, None) and not isinstance(err.code, int):
-                print(err.code, file=sys.stderr)
+            rc = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+            if isinstance(err.code, str):
+                message = err.code
         except BaseException:  # noqa: BLE001 - reported, then the run stops
             traceback.print_exc()
             rc = 1
-        report = {"argv": argv, "rc": rc, "seconds": round(time.perf_counter() - start, 2)}
+        report = {"argv": argv, "rc": rc, "seconds": round(time.perf_counter() - start, 2), "message": message}
         print("CLI_WORKER " + json.dumps(report), flush=True)
-        if rc:
+        if rc and not os.environ.get("CLI_WORKER_KEEP_GOING"):
             return 1
     return 0
 

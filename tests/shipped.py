@@ -19,6 +19,15 @@ WORKER = ROOT / "tests" / "cli_worker.py"
 # on the same checkout): a resumed run or a second sampler call loads them instead of compiling.
 JAX_CACHE = ROOT / ".jax_cache" / "cli"
 
+# `make test` runs the whole chain for these variants (the headline video config and the largest
+# image one); `make test-shipped` (SID2VIDEO_SHIPPED_FULL=1) for every variant, with plain data
+# parallelism as well. Each variant costs one to two minutes of compiling on 2 CPU cores.
+CI_VARIANTS = {("kinetics600", "small"), ("imagenet512", "flop_heavy")}
+
+
+def full_matrix() -> bool:
+    return os.environ.get("SID2VIDEO_SHIPPED_FULL", "") not in ("", "0")
+
 
 def config_files() -> list[pathlib.Path]:
     """Every config file in configs/ (a module with get_config)."""
@@ -108,20 +117,74 @@ def env(devices: int = 2, **extra) -> dict[str, str]:
 
 
 def run_commands(commands: list[list[str]], tmp_path: pathlib.Path, *, devices: int = 2,
-                 timeout: float = 900) -> list[dict]:
+                 timeout: float = 900, expect_errors: bool = False,
+                 env_extra: dict[str, str] | None = None) -> list[dict]:
     """Run `sid2video` commands in one subprocess with `devices` CPU devices; returns one report per
-    command (argv, rc, seconds). A failing command fails the test with the output."""
+    command (argv, rc, seconds, message). A failing command fails the test with the output, unless
+    `expect_errors` (then every command runs and the caller checks each report; the subprocess's
+    stderr is in each report as 'stderr')."""
     JAX_CACHE.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"commands_{len(list(tmp_path.glob('commands_*.json')))}.json"
     path.write_text(json.dumps(commands))
-    proc = subprocess.run([sys.executable, str(WORKER), str(path)], cwd=ROOT, env=env(devices),
+    extra = dict(env_extra or {}, **({"CLI_WORKER_KEEP_GOING": "1"} if expect_errors else {}))
+    proc = subprocess.run([sys.executable, str(WORKER), str(path)], cwd=ROOT, env=env(devices, **extra),
                           capture_output=True, text=True, timeout=timeout)
     reports = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines()
                if line.startswith("CLI_WORKER ")]
+    if expect_errors:
+        for r in reports:
+            r["stderr"] = proc.stderr
+        return reports
     if proc.returncode or len(reports) != len(commands):
         raise AssertionError(f"command {len(reports)} of {len(commands)} failed "
                              f"({reports[-1]['argv'] if reports else commands[0]}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return reports
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_processes(commands: list[list[str]], tmp_path: pathlib.Path, *, processes: int = 2,
+                  timeout: float = 900) -> list[list[dict]]:
+    """Run the same `sid2video` commands as `processes` processes of one jax.distributed run (one
+    CPU device each, gloo collectives over 127.0.0.1); each command gets the joining flags."""
+    port = free_port()
+    per_process = [[argv + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", str(processes),
+                            "--process_id", str(pid)] for argv in commands] for pid in range(processes)]
+    return run_process_group(per_process, tmp_path, timeout=timeout)
+
+
+def run_process_group(per_process: list[list[list[str]]], tmp_path: pathlib.Path, *,
+                      timeout: float = 900) -> list[list[dict]]:
+    """Start one CLI worker per entry of `per_process` (its commands), one CPU device each, and wait
+    for all; a failing process fails the test with its output."""
+    JAX_CACHE.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for pid, commands in enumerate(per_process):
+        path = tmp_path / f"process_{pid}.json"
+        path.write_text(json.dumps(commands))
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(path)], cwd=ROOT, env=env(1),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout))
+    finally:
+        for proc in procs:
+            proc.kill()
+    reports = []
+    for pid, (proc, (out, err)) in enumerate(zip(procs, outputs)):
+        got = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("CLI_WORKER ")]
+        if proc.returncode or len(got) != len(per_process[pid]):
+            raise AssertionError(f"process {pid}: command {len(got)} of {len(per_process[pid])} failed:\n"
+                                 f"{out[-3000:]}\n{err[-6000:]}")
+        reports.append(got)
     return reports
 
 
