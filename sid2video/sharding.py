@@ -34,9 +34,14 @@ def make_mesh(fsdp: int = 1, devices: Sequence | None = None) -> Mesh:
 
 def sampling_mesh(config, devices: Sequence | None = None) -> Mesh:
     """The mesh to sample a run's model on: the run's FSDP size (config.train.fsdp) where it divides
-    the devices here, else the largest common divisor (1: replicated parameters)."""
+    the devices here, else the largest common divisor (1: replicated parameters). CPU devices
+    always get replicated parameters: a sampler loop full of parameter all-gathers can deadlock
+    XLA's CPU runtime when its threads run the gathers in different orders, and no CPU host needs
+    FSDP to hold a model for sampling."""
     devices = list(jax.devices() if devices is None else devices)
     fsdp = int(_train_key(config, "fsdp", 1))
+    if devices and devices[0].platform == "cpu":
+        fsdp = 1
     return make_mesh(math.gcd(fsdp, len(devices)), devices)
 
 

@@ -3,7 +3,8 @@
     python tests/cli_worker.py COMMANDS.json
 
 COMMANDS.json is a list of argv lists (`["train", "--config", "configs/kinetics600.py:small", ...]`).
-`["@move", SRC, DST]` moves a file or folder instead (e.g. a checkpoint, to resume before it). Each
+`["@move", SRC, DST, ...]` moves a file or folder instead (e.g. a checkpoint, to resume before it;
+in a multi-process run process 0 moves it and the others wait; flags after DST are ignored). Each
 command goes through `sid2video.cli.main`, the console script's entry point, in order; one JSON line
 per command reports its exit code, seconds and, for a SystemExit with a message, the message. The
 first failing command ends the run (exit 1), unless $CLI_WORKER_KEEP_GOING is set.
@@ -37,9 +38,14 @@ def main(path: str) -> int:
         start = time.perf_counter()
         message = None
         try:
-            if argv[0] == "@move":
-                pathlib.Path(argv[2]).parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(argv[1], argv[2])
+            if argv[0] == "@move":  # by process 0 of a multi-process run, the others wait for it
+                if jax.process_index() == 0:
+                    pathlib.Path(argv[2]).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(argv[1], argv[2])
+                if jax.process_count() > 1:
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("cli_worker_move")
                 rc = 0
             else:
                 rc = cli.main(list(argv))

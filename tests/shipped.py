@@ -19,10 +19,10 @@ WORKER = ROOT / "tests" / "cli_worker.py"
 # on the same checkout): a resumed run or a second sampler call loads them instead of compiling.
 JAX_CACHE = ROOT / ".jax_cache" / "cli"
 
-# `make test` runs the whole chain for these variants (the headline video config and the largest
-# image one); `make test-shipped` (SID2VIDEO_SHIPPED_FULL=1) for every variant, with plain data
+# `make test` runs the whole chain for these variants (the largest image config; the Kinetics600
+# structure runs the same chain as two processes); `make test-shipped` (SID2VIDEO_SHIPPED_FULL=1) for every variant, with plain data
 # parallelism as well. Each variant costs one to two minutes of compiling on 2 CPU cores.
-CI_VARIANTS = {("kinetics600", "small"), ("imagenet512", "flop_heavy")}
+CI_VARIANTS = {("imagenet512", "flop_heavy")}
 
 
 def full_matrix() -> bool:

