@@ -48,6 +48,19 @@ def test_every_config_file_declares_its_variants():
         assert "model" in config and "train" in config
 
 
+def _assert_resumed_equals_whole(tmp_path):
+    """The resumed run's step 2 (tmp_path/run) equals the uninterrupted one's (tmp_path/whole), bit
+    for bit, parameters and EMA; returns the run's config."""
+    for ema in (False, True):
+        resumed, run_config, step = checkpoint.load_model(tmp_path / "run", ema=ema)
+        whole, _, _ = checkpoint.load_model(tmp_path / "whole", ema=ema)
+        assert step == 2
+        pairs = zip(jax.tree.leaves(nnx.state(resumed, nnx.Param)), jax.tree.leaves(nnx.state(whole, nnx.Param)))
+        for x, y in pairs:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    return run_config
+
+
 def _commands(name, variant, config, data, tmp_path, *, data_parallel: bool):
     video = config.data.num_frames > 1
     spec = ["--config", f"configs/{name}.py:{variant}", *shipped.shrink_flags(config),
@@ -91,13 +104,7 @@ def test_shipped_config_trains_resumes_samples_and_evaluates(name, variant, data
     print([(r["argv"][0], r["seconds"]) for r in reports])
 
     # Resumed at step 1 = uninterrupted, bit for bit (parameters, EMA).
-    for ema in (False, True):
-        resumed, run_config, step = checkpoint.load_model(tmp_path / "run", ema=ema)
-        whole, _, _ = checkpoint.load_model(tmp_path / "whole", ema=ema)
-        assert step == 2
-        pairs = zip(jax.tree.leaves(nnx.state(resumed, nnx.Param)), jax.tree.leaves(nnx.state(whole, nnx.Param)))
-        for x, y in pairs:
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    run_config = _assert_resumed_equals_whole(tmp_path)
     # The run kept the shipped structure (only widths and resolution changed).
     for key in ("block_types", "encoder_blocks", "decoder_blocks", "patch_size", "scan_blocks", "remat",
                 "dropout", "dtype", "conv", "attention", "num_heads"):
@@ -169,13 +176,7 @@ def test_kinetics600_structure_on_two_processes(data, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 2] and all(shipped.finite(r["loss"]) for r in rows)
     assert rows[1]["loss"] == rows[2]["loss"]
-    for ema in (False, True):
-        resumed, _, step = checkpoint.load_model(tmp_path / "run", ema=ema)
-        whole, _, _ = checkpoint.load_model(tmp_path / "whole", ema=ema)
-        assert step == 2
-        pairs = zip(jax.tree.leaves(nnx.state(resumed, nnx.Param)), jax.tree.leaves(nnx.state(whole, nnx.Param)))
-        for x, y in pairs:
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    _assert_resumed_equals_whole(tmp_path)
     out = np.load(tmp_path / "run" / "samples" / "step_2.npz")
     sample, truth = out["sample"], out["truth"]
     assert sample.shape == truth.shape == (2, 16, 16, 16, 3)
