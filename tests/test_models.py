@@ -164,7 +164,7 @@ def test_model_sees_the_conditioning_frames(video):
     out4 = f(pert, z, logsnr, cond, mask2, None)
     assert float(jnp.abs(out4 - out).max()) > 1e-3
     # No conditioning at all (mask 0, the dropped-condition case) is valid, per example.
-    dropped = uvit.null_cond_masks(mask, jnp.array([True, False]))
+    dropped = mask.at[0].set(0.0)
     out5 = f(pert, z, logsnr, cond, dropped, None)
     out6 = f(pert, z, logsnr, cond, jnp.zeros_like(mask), None)
     assert np.isfinite(np.asarray(out6)).all()
@@ -208,7 +208,7 @@ def test_null_label(image):
     assert np.isfinite(np.asarray(null)).all()
     assert float(jnp.abs(real - null).max()) > 1e-3
     # Per-example dropping to the null class: dropped examples equal the all-null output.
-    dropped = uvit.null_labels(jnp.array([3, 3]), jnp.array([True, False]), model.null_label)
+    dropped = jnp.array([model.null_label, 3])
     mixed = f(pert, z, logsnr, None, None, dropped)
     np.testing.assert_allclose(mixed[0], null[0], atol=1e-6)
     np.testing.assert_allclose(mixed[1], real[1], atol=1e-6)

@@ -14,8 +14,6 @@ from sid2video.models.uvit import (  # noqa: F401
     count_params,
     create,
     named_shardings,
-    null_cond_masks,
-    null_labels,
     param_partition_spec,
     partition_specs,
 )

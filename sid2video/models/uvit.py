@@ -384,11 +384,6 @@ class UViT(nnx.Module):
         return layers.unpatchify(out, cfg.patch_frames, cfg.patch_size).astype(z.dtype)
 
 
-def null_labels(label: Array, drop: Array, num_classes: int) -> Array:
-    """Replace label by the null class `num_classes` where `drop` is true (per example)."""
-    return jnp.where(drop, num_classes, label)
-
-
 def fill_from_last(frames: Array, mask: Array) -> Array:
     """Each frame of `frames` [B, T, ...] whose `mask` [B, T] is 0 replaced by the latest frame
     before it whose mask is 1 (zeros where there is none); frames with mask 1 are kept."""
@@ -399,11 +394,6 @@ def fill_from_last(frames: Array, mask: Array) -> Array:
     picked = jnp.take_along_axis(frames, idx, axis=1)
     keep = (source >= 0).reshape(idx.shape)
     return jnp.where(keep, picked, jnp.zeros_like(picked))
-
-
-def null_cond_masks(cond_mask: Array, drop: Array) -> Array:
-    """Zero the whole conditioning mask row [T] of the examples where `drop` [B] is true."""
-    return jnp.where(jnp.asarray(drop)[:, None], jnp.zeros_like(cond_mask), cond_mask)
 
 
 def create(config: Mapping[str, Any] | UViTConfig, seed: int = 0) -> UViT:
