@@ -27,7 +27,7 @@ import absl.flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from sid2video.data import pipeline, prepare, synthetic  # noqa: E402
+from sid2video.data import convert_videos, pipeline, synthetic  # noqa: E402
 
 
 def _measure(cfg: dict, *, workers: int, batch_size: int, batches: int, warmup: int) -> tuple[float, float]:
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
             width=width, digit_size=res // 3, crf=18, pix_fmt="yuv420p", progress=False,
         )
         t1 = time.perf_counter()
-        prepare.prepare_videos(work / "videos", work / "prepared", name="moving_digits", progress=False)
+        convert_videos.prepare_videos(work / "videos", work / "prepared", name="moving_digits", progress=False)
         t2 = time.perf_counter()
         print(f"dataset: {args.clips} clips of {args.video_frames} frames at {height}x{width} "
               f"(written in {t1 - t0:.1f} s, prepared in {t2 - t1:.1f} s); batches of {args.batch_size} clips of "

@@ -9,8 +9,8 @@
     metric_vs_step.png   FVD / FID (and PSNR / SSIM) against training step, when several
                          checkpoints were evaluated
     frame_metrics.png    PSNR and SSIM per predicted frame: model(s) against the baseline
-    samples_<tag>.png    a few clips as rows of frames: ground truth above each sample,
-                         conditioning frames framed in green, predicted frames in orange
+    samples_<tag>.png    a few clips as rows of frames (draw.strip): ground truth above each
+                         sample, conditioning frames framed in green, predicted frames in red
 
 Plots use matplotlib's Agg backend (no display needed).
 """
@@ -24,11 +24,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["write_report", "write_json", "strip_image", "write_strip", "plot_metric_vs_step",
-           "plot_frame_metrics", "summary", "markdown", "jsonable"]
+from sid2video import draw, render
 
-COND_COLOR = (40, 200, 40)
-PRED_COLOR = (255, 150, 0)
+__all__ = ["write_report", "write_json", "plot_metric_vs_step", "plot_frame_metrics", "summary", "markdown",
+           "jsonable"]
+
 _NAMES = {"fvd": "FVD", "fid": "FID", "psnr": "PSNR (dB)", "ssim": "SSIM", "mse": "MSE"}
 
 
@@ -78,57 +78,6 @@ def _fmt(value, digits: int = 2) -> str:
     if math.isnan(v):
         return "nan"
     return f"{v:.{digits}f}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Sample strips.
-
-def _frame(img: np.ndarray, scale: int, color, border: int) -> np.ndarray:
-    img = np.asarray(img)
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
-    h, w, _ = img.shape
-    out = np.full((h + 2 * border, w + 2 * border, 3), 255, np.uint8)
-    if color is not None:
-        out[:] = color
-    out[border:border + h, border:border + w] = img
-    return out
-
-
-def strip_image(rows: Sequence[np.ndarray], *, num_cond: int = 0, min_size: int = 64,
-                group: int = 1) -> np.ndarray:
-    """One image of clips as rows of frames ([T, H, W, C] uint8 each), conditioning frames marked.
-
-    Frames are enlarged by an integer factor to at least `min_size` pixels; each frame gets a
-    border, green for conditioning frames and orange for predicted frames (white when
-    num_cond = 0). A gap separates every `group` rows (e.g. group=2: truth and sample of a clip).
-    """
-    if not len(rows):
-        raise ValueError("no clips to draw")
-    t, h, w = np.asarray(rows[0]).shape[:3]
-    scale = max(1, -(-min_size // max(h, w)))
-    border, gap = 2, 6
-    lines = []
-    for r, clip in enumerate(rows):
-        clip = np.asarray(clip, np.uint8)
-        if clip.shape[:3] != (t, h, w):
-            raise ValueError(f"all clips must have shape {(t, h, w)}, got {clip.shape[:3]}")
-        colors = [None if not num_cond else (COND_COLOR if i < num_cond else PRED_COLOR) for i in range(t)]
-        line = np.concatenate([_frame(clip[i], scale, colors[i], border) for i in range(t)], axis=1)
-        lines.append(line)
-        if group and (r + 1) % group == 0 and r + 1 < len(rows):
-            lines.append(np.full((gap, line.shape[1], 3), 255, np.uint8))
-    return np.concatenate(lines, axis=0)
-
-
-def write_strip(path, rows: Sequence[np.ndarray], *, num_cond: int = 0, group: int = 1) -> pathlib.Path:
-    from PIL import Image
-
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(strip_image(rows, num_cond=num_cond, group=group)).save(path)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,13 +257,13 @@ def markdown(result: Mapping[str, Any], figures: Mapping[str, str], strips: Mapp
     if strips:
         if paired:
             caption = ("Each clip is a pair of rows: the ground truth above the generated clip. "
-                       + ("Green frames are the given conditioning frames, orange frames are predicted."
+                       + ("Green frames are the given conditioning frames, red frames are predicted."
                           if p.get("num_cond_frames") else ""))
         elif (p.get("num_frames") or 1) == 1:
             caption = "Generated images."
         else:
             caption = "Generated clips, one per row" + (
-                "; green frames are the given conditioning frames, orange frames are predicted."
+                "; green frames are the given conditioning frames, red frames are predicted."
                 if p.get("num_cond_frames") else ".")
         lines += ["## Samples", "", caption, ""]
         for name, rel in strips.items():
@@ -379,7 +328,7 @@ def write_report(out_dir, result: dict, *, strips: Mapping[str, Any] | None = No
         else:
             rows, group = list(sample), 1
         name = f"samples_{tag}.png"
-        write_strip(out / name, rows, num_cond=num_cond, group=group)
+        render.write_png(out / name, draw.strip(rows, num_cond=num_cond, group=group))
         strip_files[tag] = name
     files = {"result": str(out / "result.json"), "report": str(out / "report.md"),
              "figures": {k: str(out / v) for k, v in figures.items()},

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from sid2video import sharding
+from sid2video import draw, sharding
 from sid2video.checkpoint import fresh_state
 from sid2video.diffusion import parametrization, samplers, schedules
 
@@ -183,20 +183,12 @@ def check_labels(label: np.ndarray, num_classes: int, *, allow_null: bool = True
 
 
 def write_strip(path: pathlib.Path, video: np.ndarray, *, num_cond: int = 0) -> None:
-    """A PNG with one row per clip and one column per frame; conditioning frames get a green edge."""
+    """A PNG of uint8 `[B, T, H, W, C]` clips, one row per clip (draw.strip: given frames framed
+    in draw.GIVEN, predicted ones in draw.PRED)."""
     from PIL import Image
 
-    video = np.asarray(video)
-    b, t, h, w, c = video.shape
-    frames = video.copy()
-    if c == 1:
-        frames = np.repeat(frames, 3, axis=-1)
-    if num_cond:
-        frames[:, :num_cond, [0, -1], :, :] = (0, 200, 0)
-        frames[:, :num_cond, :, [0, -1], :] = (0, 200, 0)
-    grid = frames.transpose(0, 2, 1, 3, 4).reshape(b * h, t * w, 3)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    Image.fromarray(draw.strip(list(np.asarray(video)), num_cond=num_cond)).save(path)
 
 
 def run(argv: list[str]) -> int:

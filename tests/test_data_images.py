@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sid2video.data import images, pipeline, prepare, synthetic
+from sid2video.data import convert_images, images, pipeline, synthetic
 
 # ffmpeg runs as a subprocess (fork + exec), which JAX's fork warning does not distinguish.
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
@@ -76,7 +76,7 @@ def test_training_flips_some_images(folder):
 
 def test_imagenet2012_through_tfds_data_source(folder, tmp_path):
     # A stand-in with ImageNet's TFDS name, version and features, prepared from the digit folder.
-    prepare.prepare_image_folder(folder, tmp_path, name="imagenet2012", version="5.1.0", progress=False)
+    convert_images.prepare_image_folder(folder, tmp_path, name="imagenet2012", version="5.1.0", progress=False)
     kw = dict(batch_size=4, process_index=0, process_count=1)
     tfds_it = pipeline.make_eval_iterator(_cfg(tmp_path, "imagenet2012"), split="val", **kw)
     assert "array_record" in tfds_it.description

@@ -186,8 +186,6 @@ def test_clip_spec_validation():
         kinetics.ClipSpec(0, 1)
     with pytest.raises(ValueError, match="shorter"):
         kinetics.ClipSpec(16, 1).start(10, None)
-    assert kinetics.parse_key("a_b-c_000012_000022") == ("a_b-c", 12, 22)
-    assert kinetics.parse_key("nokey") is None
 
 
 def test_flat_split_folder_takes_labels_from_the_csv(tmp_path):

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from sid2video.data import pipeline, prepare, synthetic
+from sid2video.data import convert_videos, pipeline, prepared, synthetic
 
 # ffmpeg runs as a subprocess (fork + exec), which JAX's fork warning does not distinguish.
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
@@ -25,9 +25,9 @@ def src(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def prepared(src, tmp_path_factory):
+def written(src, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    prepare.prepare_videos(src, out, videos_per_shard=3, workers=2, progress=False)
+    convert_videos.prepare_videos(src, out, videos_per_shard=3, workers=2, progress=False)
     return out
 
 
@@ -38,35 +38,35 @@ def _cfg(data_dir, **kw):
     return cfg
 
 
-def test_tfds_reads_the_prepared_dataset(src, prepared):
+def test_tfds_reads_the_prepared_dataset(src, written):
     import tensorflow_datasets as tfds
 
-    train = tfds.data_source("kinetics600", split="train", data_dir=str(prepared), download=False)
+    train = tfds.data_source("kinetics600", split="train", data_dir=str(written), download=False)
     assert len(train) == 7  # 6 good + the short one; the corrupt file is not stored
     rec = train[0]
     assert set(rec) >= {"video", "label", "label_name", "id", "num_frames", "fps", "height", "width"}
     path = src / rec["source_path"].decode()
     assert rec["video"] == path.read_bytes()
     assert rec["id"].decode() == path.stem and (rec["height"], rec["width"]) == (32, 40)
-    assert len(tfds.data_source("kinetics600", split="val", data_dir=str(prepared), download=False)) == 2
-    info = tfds.builder_from_directory(str(prepared / "kinetics600" / "1.0.0")).info
+    assert len(tfds.data_source("kinetics600", split="val", data_dir=str(written), download=False)) == 2
+    info = tfds.builder_from_directory(str(written / "kinetics600" / "1.0.0")).info
     assert info.splits["train"].num_shards == 3 and info.splits["train"].num_examples == 7
-    index = prepare.load_prepared_index(prepared / "kinetics600" / "1.0.0", "train")
+    index = prepared.load_prepared_index(written / "kinetics600" / "1.0.0", "train")
     assert [os.path.basename(u["path"]) for u in index.unreadable] == ["corrupt0000_000000_000001.mp4"]
     assert index.class_names == ["class 0", "class 1"]
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_prepared_and_folder_give_the_same_clips(src, prepared, train):
+def test_prepared_and_folder_give_the_same_clips(src, written, train):
     kw = dict(batch_size=3, process_index=0, process_count=1)
     if train:
         make = lambda cfg: pipeline.make_train_iterator(cfg, seed=5, **kw)  # noqa: E731
         folder_it, prep_it = make(_cfg(src, format="folder", resolution=(24, 24))), make(
-            _cfg(prepared, format="prepared", resolution=(24, 24)))
+            _cfg(written, format="prepared", resolution=(24, 24)))
         folder, prep = [next(folder_it) for _ in range(4)], [next(prep_it) for _ in range(4)]
     else:
         folder_it = pipeline.make_eval_iterator(_cfg(src), split="train", **kw)
-        prep_it = pipeline.make_eval_iterator(_cfg(prepared), split="train", **kw)  # format auto -> prepared
+        prep_it = pipeline.make_eval_iterator(_cfg(written), split="train", **kw)  # format auto -> prepared
         folder, prep = list(folder_it), list(prep_it)
     assert "array_record" in prep_it.description and "folder" in folder_it.description
     assert len(folder) == len(prep) == (4 if train else 2)
@@ -78,10 +78,10 @@ def test_prepared_and_folder_give_the_same_clips(src, prepared, train):
     assert folder_it.loader_stats.skipped_files == prep_it.loader_stats.skipped_files == 2
 
 
-def test_prepare_resumes_after_an_interruption(src, prepared, tmp_path):
+def test_prepare_resumes_after_an_interruption(src, written, tmp_path):
     out = tmp_path / "resumed"
     version = out / "kinetics600" / "1.0.0"
-    prepare.prepare_videos(src, out, splits=["train"], videos_per_shard=3, progress=False, stop_after_shards=2)
+    convert_videos.prepare_videos(src, out, splits=["train"], videos_per_shard=3, progress=False, stop_after_shards=2)
     manifest = json.loads((version / "sid2video_prepare-train.json").read_text())
     assert sorted(manifest["shards"]) == ["0", "1"] and not manifest["complete"]
     assert not (version / "dataset_info.json").exists()  # a partial split is not readable
@@ -89,9 +89,9 @@ def test_prepare_resumes_after_an_interruption(src, prepared, tmp_path):
     stamp = first.stat().st_mtime_ns
     # A half-written shard left by the interruption is ignored and rewritten.
     (version / "kinetics600-train.array_record-00002-of-00003.incomplete").write_bytes(b"junk")
-    prepare.prepare_videos(src, out, splits=["train"], videos_per_shard=3, progress=False)
+    convert_videos.prepare_videos(src, out, splits=["train"], videos_per_shard=3, progress=False)
     assert first.stat().st_mtime_ns == stamp  # finished shards are not rewritten
-    reference = prepared / "kinetics600" / "1.0.0"
+    reference = written / "kinetics600" / "1.0.0"
     for shard in range(3):
         name = f"kinetics600-train.array_record-{shard:05d}-of-00003"
         assert (version / name).read_bytes() == (reference / name).read_bytes()
@@ -104,12 +104,12 @@ def test_resume_refuses_a_changed_source(src, tmp_path):
     copy = tmp_path / "src"
     shutil.copytree(src, copy)
     out = tmp_path / "out"
-    prepare.prepare_videos(copy, out, splits=["train"], videos_per_shard=3, progress=False, stop_after_shards=1)
+    convert_videos.prepare_videos(copy, out, splits=["train"], videos_per_shard=3, progress=False, stop_after_shards=1)
     (copy / "train" / "class_0" / "corrupt0000_000000_000001.mp4").unlink()
     with pytest.raises(RuntimeError, match="--restart"):
-        prepare.prepare_videos(copy, out, splits=["train"], videos_per_shard=3, progress=False)
-    prepare.prepare_videos(copy, out, splits=["train"], videos_per_shard=3, progress=False, restart=True)
-    index = prepare.load_prepared_index(out / "kinetics600" / "1.0.0", "train")
+        convert_videos.prepare_videos(copy, out, splits=["train"], videos_per_shard=3, progress=False)
+    convert_videos.prepare_videos(copy, out, splits=["train"], videos_per_shard=3, progress=False, restart=True)
+    index = prepared.load_prepared_index(out / "kinetics600" / "1.0.0", "train")
     assert len(index.entries) == 7 and index.unreadable == []
 
 
@@ -128,10 +128,10 @@ def test_command_line(src, tmp_path, capsys):
     assert "train: 7 readable videos, 1 unreadable" in capsys.readouterr().out
 
 
-def test_prepared_source_in_a_worker_process_with_reader_threads(prepared):
+def test_prepared_source_in_a_worker_process_with_reader_threads(written):
     # Several reader threads open the TFDS source at once in a fresh worker process (TFDS's lazy
     # imports used to deadlock there); results equal the in-process pipeline's.
-    cfg = _cfg(prepared, format="prepared", read_threads=4)
+    cfg = _cfg(written, format="prepared", read_threads=4)
     kw = dict(batch_size=2, seed=3, process_index=0, process_count=1)
     it = pipeline.make_train_iterator(cfg, worker_count=1, **kw)
     try:

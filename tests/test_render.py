@@ -1,5 +1,5 @@
-"""Rendering: panel layout and borders, MP4 / GIF / PNG files that decode to what was drawn, image
-grids, and the `sid2video render` command."""
+"""Rendering: MP4 / GIF / PNG files that decode to what draw.py drew, captioned image grids, and
+the `sid2video render` command."""
 
 import pathlib
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sid2video import cli, render
+from sid2video import cli, draw, render
 from sid2video.data import video_io
 
 B, T, H, W, NUM_COND = 2, 5, 16, 16, 2
@@ -58,71 +58,6 @@ def rendered(npz_file, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------
-# side_by_side without any encoding.
-
-
-def test_side_by_side_panels_hold_the_upscaled_frames_and_borders_mark_conditioning():
-    truth, sample = _truth_and_sample()
-    frames = render.side_by_side(sample[0], truth[0], NUM_COND)
-    lay = render.clip_layout(H, W)
-    assert lay.scale == 8  # 16 px high -> at least 128 px
-    assert frames.dtype == np.uint8 and frames.shape[0] == T and frames.shape[-1] == 3
-    assert frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0
-    up = lambda x: np.kron(x, np.ones((8, 8, 1), np.uint8))  # noqa: E731 - reference upscaling
-    b = lay.border
-    for t in range(T):
-        for name, src, colour in (("sample", sample[0, t], render.GIVEN if t < NUM_COND else render.PRED),
-                                  ("truth", truth[0, t], render.GIVEN if t < NUM_COND else render.TRUTH)):
-            y, x, h, w = lay.panels[name]
-            assert (h, w) == (128, 128)
-            np.testing.assert_array_equal(frames[t, y:y + h, x:x + w], up(src))
-            # The ring of `b` pixels around the panel is all border colour, and nothing else is.
-            ring = np.ones((h + 2 * b, w + 2 * b), bool)
-            ring[b:-b, b:-b] = False
-            box = frames[t, y - b:y + h + b, x - b:x + w + b]
-            assert (box[ring] == np.array(colour, np.uint8)).all(), (t, name)
-    assert render.GIVEN != render.PRED
-    # The counter makes every frame's header different; the panels below it are untouched by text.
-    headers = frames[:, :lay.header].reshape(T, -1)
-    assert len({h.tobytes() for h in headers}) == T
-
-
-def test_side_by_side_odd_and_large_sizes_give_even_frames_at_least_min_height():
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, (3, 15, 13, 1), dtype=np.uint8)  # grey, odd sizes
-    frames = render.side_by_side(x, x, 1)
-    assert frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0
-    lay = render.clip_layout(15, 13)
-    assert lay.scale == 9 and lay.panels["sample"][2] >= 128
-    want = np.kron(x[..., 0], np.ones((1, 9, 9), np.uint8))
-    np.testing.assert_array_equal(lay.crop(frames, "sample")[..., 0], want)
-    big = render.side_by_side(np.zeros((2, 200, 64, 3), np.uint8), np.zeros((2, 200, 64, 3), np.uint8), 0)
-    assert render.clip_layout(200, 64).scale == 1 and big.shape[1] >= 200
-
-
-def test_side_by_side_rejects_bad_input():
-    x = np.zeros((T, H, W, 3), np.uint8)
-    with pytest.raises(ValueError, match="uint8"):
-        render.side_by_side(x.astype(np.float32), x, 1)
-    with pytest.raises(ValueError, match="same shape"):
-        render.side_by_side(x, x[:-1], 1)
-    with pytest.raises(ValueError, match="num_cond"):
-        render.side_by_side(x, x, T + 1)
-
-
-def test_grid_tiles_clips_and_holds_the_last_frame_of_short_clips():
-    a = np.full((4, 10, 12, 3), 50, np.uint8)
-    a[np.arange(4), 0, 0] = np.arange(4)[:, None] * 10
-    b = np.full((2, 8, 12, 3), 200, np.uint8)
-    b[np.arange(2), 0, 0] = np.arange(2)[:, None] * 10 + 1
-    g = render.grid([a, b], cols=2, gap=4)
-    assert g.shape == (4, 4 + 10 + 4, 4 + 2 * (12 + 4), 3)
-    np.testing.assert_array_equal(g[:, 4:14, 4:16], a)
-    np.testing.assert_array_equal(g[:2, 4:12, 20:32], b)
-    np.testing.assert_array_equal(g[2:, 4:12, 20:32], np.stack([b[-1], b[-1]]))
-
-
-# ------------------------------------------------------------------------------------------------
 # Files.
 
 
@@ -137,12 +72,12 @@ def test_mp4_decodes_with_decord_and_keeps_conditioning_and_prediction(npz_file,
     probe = subprocess.run([video_io.ffmpeg_exe(), "-hide_banner", "-i", str(clip_path)],
                            capture_output=True, text=True).stderr
     assert "Video: h264" in probe and "yuv420p" in probe
-    expected = render.side_by_side(sample[0], truth[0], NUM_COND)
+    expected = draw.side_by_side(sample[0], truth[0], NUM_COND)
     frames = video_io.read_frames(clip_path, range(T))
     assert frames.shape == expected.shape
     hh, ww = frames.shape[1:3]
     assert hh % 2 == 0 and ww % 2 == 0 and hh >= 128
-    lay = render.clip_layout(H, W)
+    lay = draw.clip_layout(H, W)
     up = lambda x: np.kron(x, np.ones((lay.scale, lay.scale, 1), np.uint8))  # noqa: E731
     for t in range(T):
         got = lay.crop(frames[t], "sample")
@@ -156,8 +91,8 @@ def test_mp4_decodes_with_decord_and_keeps_conditioning_and_prediction(npz_file,
     y, x, h, w = lay.panels["sample"]
     left_border = frames[:, y:y + h, x - lay.border:x].reshape(T, -1, 3).mean(axis=1)
     for t in range(T):
-        want = np.array(render.GIVEN if t < NUM_COND else render.PRED)
-        other = np.array(render.PRED if t < NUM_COND else render.GIVEN)
+        want = np.array(draw.GIVEN if t < NUM_COND else draw.PRED)
+        other = np.array(draw.PRED if t < NUM_COND else draw.GIVEN)
         assert np.abs(left_border[t] - want).max() < 20
         assert np.abs(left_border[t] - other).max() > 100
 
@@ -165,7 +100,7 @@ def test_mp4_decodes_with_decord_and_keeps_conditioning_and_prediction(npz_file,
 def test_grid_mp4_holds_every_clip(rendered):
     out, _ = rendered
     truth, sample = _truth_and_sample()
-    clips = [render.side_by_side(sample[i], truth[i], NUM_COND) for i in range(B)]
+    clips = [draw.side_by_side(sample[i], truth[i], NUM_COND) for i in range(B)]
     ch, cw = clips[0].shape[1:3]
     g = video_io.read_frames(out / "step_7_grid.mp4", range(T))
     gap = 8
@@ -178,7 +113,7 @@ def test_grid_mp4_holds_every_clip(rendered):
 def test_gif_and_png_strip(rendered):
     out, paths = rendered
     truth, sample = _truth_and_sample()
-    expected = render.side_by_side(sample[1], truth[1], NUM_COND)
+    expected = draw.side_by_side(sample[1], truth[1], NUM_COND)
     _, hh, ww, _ = expected.shape
     gif = out / "step_7_clip001.gif"
     assert gif in paths
@@ -236,9 +171,9 @@ def test_image_npz_renders_captioned_pngs(tmp_path):
     # Captions show the labels: equal labels draw equal captions, different ones differ, none is blank.
     np.testing.assert_array_equal(caps[0], caps[1])
     assert not np.array_equal(caps[0], caps[2])
-    assert all((c != np.array(render.BACKGROUND, np.uint8)).any() for c in caps)
+    assert all((c != np.array(draw.BACKGROUND, np.uint8)).any() for c in caps)
     # Without labels there is no caption bar.
-    plain = render.image_grid(sample, cols=3)
+    plain = draw.image_grid(sample, cols=3)
     assert plain.shape == (gap + 128 + gap, gap + 3 * (128 + gap), 3)
 
 

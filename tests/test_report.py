@@ -15,24 +15,6 @@ def _clip(colors, size=8):
     return np.stack([np.full((size, size, 3), c, np.uint8) for c in colors])
 
 
-def test_strip_geometry_and_frame_marks():
-    truth = _clip([(10, 10, 10), (20, 20, 20), (30, 30, 30), (40, 40, 40)])
-    sample = _clip([(10, 10, 10), (20, 20, 20), (90, 0, 0), (0, 90, 0)])
-    img = report.strip_image([truth, sample, truth, sample], num_cond=2, group=2)
-    # 8² frames are enlarged 8× to 64², with a 2-pixel border: 68 per frame; a 6-pixel gap per pair.
-    assert img.shape == (4 * 68 + 6, 4 * 68, 3) and img.dtype == np.uint8
-    assert tuple(img[0, 0]) == report.COND_COLOR               # frame 0: conditioning
-    assert tuple(img[0, 68 + 67]) == report.COND_COLOR         # frame 1: conditioning
-    assert tuple(img[0, 2 * 68]) == report.PRED_COLOR          # frame 2: predicted
-    assert tuple(img[68 + 30, 2 * 68 + 30]) == (90, 0, 0)      # row 1 (sample), frame 2 interior
-    assert tuple(img[30, 3 * 68 + 30]) == (40, 40, 40)         # row 0 (truth), frame 3 interior
-    assert np.all(img[2 * 68:2 * 68 + 6] == 255)              # the gap between the two pairs
-    plain = report.strip_image([truth], num_cond=0)
-    assert np.all(plain[0, 0] == 255)                          # no conditioning: white frame
-    with pytest.raises(ValueError, match="all clips"):
-        report.strip_image([truth, truth[:, :4, :4]])
-
-
 def _result(steps, *, cond_in_fvd=True):
     ckpts = []
     for i, s in enumerate(steps):

@@ -38,7 +38,7 @@ def test_load_model_gives_the_ema_parameters(run, restored):
         from PIL import Image
 
         strip = Image.open(workdir / "samples" / f"step_{step:08d}.png")
-        assert strip.size == (3 * 8, 2 * 8)
+        assert strip.size == (3 * 68, 2 * 68 + 6)  # 8² frames enlarged 8x, 2-px borders, a 6-px gap
 
 
 def test_generator_matches_the_sampler_and_keeps_conditioning(restored):

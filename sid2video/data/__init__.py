@@ -1,11 +1,17 @@
 """Data: Kinetics600 and ImageNet readers, embedded datasets, grain pipelines, array_record prep.
 
-    kinetics.py   folder index (cached), clip sampling, decord decoding, crop / flip
-    images.py     ImageNet via tfds.data_source, image folders, ADM centre crop
-    synthetic.py  moving digits (MP4, Kinetics layout, positions saved) and digit PNGs
-    pipeline.py   grain pipelines: make_train_iterator / make_eval_iterator, LoaderStats
-    prepare.py    `sid2video prepare`: folders -> TFDS array_record datasets
-    video_io.py   decord reading and ffmpeg (imageio-ffmpeg) writing
+    kinetics.py         folder index (cached), clip sampling, decord decoding, crop / flip
+    images.py           ImageNet via tfds.data_source, image folders, ADM centre crop
+    synthetic.py        moving digits (MP4, Kinetics layout, positions saved) and digit PNGs, and
+                        their `sid2video prepare moving_digits / digit_images` subcommands
+    pipeline.py         grain pipelines: make_train_iterator / make_eval_iterator, LoaderStats
+    prepared.py         reading prepared array_record datasets (PreparedSource, index, find)
+    tfds_writer.py      the resumable sharded array_record writer
+    convert_videos.py   Kinetics-layout folders -> array_record (MP4 bytes per video)
+    convert_images.py   `<split>/<class>/<image>` folders -> array_record (ImageNet's features)
+    prepare.py          the `sid2video prepare` command
+    files.py            atomic JSON, temporary names, the completion marker of written datasets
+    video_io.py         decord reading and ffmpeg (imageio-ffmpeg) writing
 
 Submodules are imported on use; importing this package is cheap.
 """

@@ -25,6 +25,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from sid2video.data import files, prepared
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
@@ -98,8 +100,10 @@ def index_image_folder(data_dir: str | os.PathLike, split: str, class_names: Seq
     """(class names, entries, skipped) of `<class>/<image>` folders, entries sorted by path.
 
     Class ids are positions in `class_names` (default: `class_folders`). Images in a folder that
-    is not a class are returned as skipped, with the reason.
+    is not a class are returned as skipped, with the reason. Writers' temporary files are left
+    out, and a dataset whose writer did not finish is refused (files.IncompleteDatasetError).
     """
+    files.require_complete(data_dir)
     root = image_folder_root(data_dir, split)
     folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     names = list(class_names) if class_names is not None else class_folders(data_dir, split)
@@ -109,7 +113,7 @@ def index_image_folder(data_dir: str | os.PathLike, split: str, class_names: Seq
         for dirpath, dirnames, filenames in os.walk(root / folder):
             dirnames.sort()
             for f in sorted(filenames):
-                if pathlib.Path(f).suffix.lower() not in IMAGE_EXTENSIONS:
+                if pathlib.Path(f).suffix.lower() not in IMAGE_EXTENSIONS or files.is_temporary(f):
                     continue
                 path = pathlib.Path(dirpath) / f
                 rel = path.relative_to(root).as_posix()
@@ -132,17 +136,13 @@ class TfdsImageSource:
     def _open(self):
         if self._source is not None:
             return self._source
-        from sid2video.data import prepare  # pylint: disable=import-outside-toplevel
-
-        with prepare.TFDS_LOCK:  # TFDS's lazy imports deadlock when two reader threads race
+        with prepared.TFDS_LOCK:  # TFDS's lazy imports deadlock when two reader threads race
             if self._source is None:
                 self._source = self._open_locked()
         return self._source
 
     def _open_locked(self):
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-        from sid2video.data import prepare  # pylint: disable=import-outside-toplevel
+        tfds = prepared.tfds()
 
         decoders = {"image": tfds.decode.SkipDecoding()}
         try:
@@ -150,7 +150,7 @@ class TfdsImageSource:
                 self._name, split=self._split, data_dir=self._data_dir, download=False, decoders=decoders
             )
         except Exception as err:  # not a registered name, or its builder code disagrees
-            version_dir = prepare.find_prepared(self._data_dir, self._name)
+            version_dir = prepared.find_prepared(self._data_dir, self._name)
             if version_dir is None:
                 raise
             logging.getLogger(__name__).info(

@@ -35,19 +35,17 @@ import json
 import logging
 import os
 import pathlib
-import re
 import threading
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from sid2video.data import video_io
+from sid2video.data import files, video_io
 
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
-_KEY_RE = re.compile(r"^(?P<youtube_id>.+)_(?P<start>\d{6})_(?P<end>\d{6})$")
 
 # Skipped files already logged in this process (a file is logged once, however often indexed).
 _LOGGED: set[str] = set()
@@ -244,14 +242,6 @@ class ClipDecoder:
 # Annotations and labels
 
 
-def parse_key(stem: str) -> tuple[str, int, int] | None:
-    """`<youtube_id>_<start:06d>_<end:06d>` -> (youtube_id, start, end), or None."""
-    m = _KEY_RE.match(stem)
-    if not m:
-        return None
-    return m["youtube_id"], int(m["start"]), int(m["end"])
-
-
 def normalize_label(name: str) -> str:
     """Label names as compared: folder names may use '_' where the CSVs use spaces."""
     return " ".join(name.replace("_", " ").strip().strip('"').split()).lower()
@@ -356,12 +346,13 @@ class VideoIndex:
         return keep, skipped
 
 
-def _scan(split_dir: pathlib.Path) -> list[pathlib.Path]:
+def scan_videos(split_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The video files under `split_dir`, sorted (hidden files and writers' temporary names left out)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(split_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith("."):
+            if name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith(".") and not files.is_temporary(name):
                 out.append(pathlib.Path(dirpath) / name)
     return sorted(out)
 
@@ -384,11 +375,16 @@ def _cache_candidates(root: pathlib.Path, split: str, cache_dir: str | os.PathLi
     return [root / ".sid2video" / name, home / f"index-{digest}-{split}.json"]
 
 
-def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+def _read_cache(candidates: Sequence[pathlib.Path], fp: str) -> dict | None:
+    """The first cached index of `candidates` written for fingerprint `fp` (with its `cache_path`)."""
+    for c in candidates:
+        try:
+            cached = json.loads(c.read_text())
+        except (OSError, ValueError):
+            continue
+        if cached.get("fingerprint") == fp and cached.get("version") == INDEX_VERSION:
+            return dict(cached, cache_path=str(c))
+    return None
 
 
 def _probe_one(path: pathlib.Path) -> tuple[video_io.VideoInfo | None, str | None]:
@@ -426,34 +422,23 @@ def build_index(
     """Indexes `<root>/<split>` (cached; rebuilt when any file changes).
 
     The cache goes to `<root>/.sid2video/index-<split>.json`, or under `cache_dir`
-    (default ~/.cache/sid2video) when `root` is not writable or `cache_dir` is given.
+    (default ~/.cache/sid2video) when `root` is not writable or `cache_dir` is given. A dataset
+    whose writer did not finish is refused (files.IncompleteDatasetError).
     """
     root = pathlib.Path(root)
+    files.require_complete(root)
     split_dir = root / split
     if not split_dir.is_dir():
         raise FileNotFoundError(
             f"data.split={split!r}: no folder {split_dir}; expected <data_dir>/<split>/<label>/<id>.mp4"
         )
-    files = _scan(split_dir)
-    ann = annotation_files(root)
-    fp = fingerprint(files + ann, root)
+    videos = scan_videos(split_dir)
+    fp = fingerprint(videos + annotation_files(root), root)
     candidates = _cache_candidates(root, split, cache_dir)
-    if not refresh:
-        for c in candidates:
-            try:
-                cached = json.loads(c.read_text())
-            except (OSError, ValueError):
-                continue
-            if cached.get("fingerprint") == fp and cached.get("version") == INDEX_VERSION:
-                return VideoIndex(
-                    root=str(root),
-                    split=split,
-                    class_names=cached["class_names"],
-                    entries=cached["entries"],
-                    unreadable=cached["unreadable"],
-                    cache_path=str(c),
-                )
-
+    cached = None if refresh else _read_cache(candidates, fp)
+    if cached is not None:
+        return VideoIndex(str(root), split, cached["class_names"], cached["entries"], cached["unreadable"],
+                          cache_path=cached["cache_path"])
     labels = LabelMap(root, split)
 
     entries, unreadable = [], []
@@ -461,9 +446,9 @@ def build_index(
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(_probe_one, files)
-        bar = tqdm(results, total=len(files), desc=f"indexing {split_dir}", unit="video", disable=not progress)
-        for path, (info, error) in zip(files, bar):
+        results = pool.map(_probe_one, videos)
+        bar = tqdm(results, total=len(videos), desc=f"indexing {split_dir}", unit="video", disable=not progress)
+        for path, (info, error) in zip(videos, bar):
             rel = path.relative_to(root).as_posix()
             if info is None:
                 unreadable.append({"path": rel, "reason": error})
@@ -484,7 +469,7 @@ def build_index(
     }
     for c in candidates:
         try:
-            _write_json_atomic(c, payload)
+            files.write_json_atomic(c, payload)
         except OSError:
             continue
         index.cache_path = str(c)

@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
-from sid2video.data import images, kinetics, prepare
+from sid2video.data import images, kinetics, prepared
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,13 @@ def dataset_name(data_cfg: Any) -> str | None:
 
 
 def make_source(data_cfg: Any, *, split: str, train: bool) -> Source:
-    """Resolves config.data into a source for `split` (see `config_keys()` for the keys)."""
+    """Resolves config.data into a source for `split`.
+
+    Keys read: dataset, data_dir, format ('auto': the prepared array_record dataset when there is
+    one, else the folder), tfds_name, resolution, num_frames, frame_stride, decode_threads, cache_mb,
+    cache_dir, progress. A dataset whose writer did not finish is refused
+    (files.IncompleteDatasetError, naming the command that finishes it).
+    """
     dataset = dataset_name(data_cfg)
     data_dir = _get(data_cfg, "data_dir")
     fmt = _get(data_cfg, "format", "auto") or "auto"
@@ -172,7 +178,7 @@ def make_source(data_cfg: Any, *, split: str, train: bool) -> Source:
         raise ValueError(f"config.data.format={fmt!r} is not supported; choose one of {FORMATS}")
     size = kinetics.as_size(_get(data_cfg, "resolution", 128))
     tfds_name = _get(data_cfg, "tfds_name", None) or dataset
-    prepared_dir = prepare.find_prepared(data_dir, tfds_name) if fmt != "folder" else None
+    prepared_dir = prepared.find_prepared(data_dir, tfds_name) if fmt != "folder" else None
     if fmt == "prepared" and prepared_dir is None:
         raise FileNotFoundError(
             f"config.data.format='prepared' but no {data_dir}/{tfds_name}/<version>/dataset_info.json; "
@@ -184,9 +190,9 @@ def make_source(data_cfg: Any, *, split: str, train: bool) -> Source:
         decoder = kinetics.ClipDecoder(spec, size, train, int(_get(data_cfg, "decode_threads", 1)),
                                        float(_get(data_cfg, "cache_mb", 0) or 0))
         if prepared_dir is not None:
-            index = prepare.load_prepared_index(prepared_dir, split)
+            index = prepared.load_prepared_index(prepared_dir, split)
             entries, skipped = index.usable(spec)
-            source = prepare.PreparedSource(prepared_dir, split, entries)
+            source = prepared.PreparedSource(prepared_dir, split, entries)
             where = f"{prepared_dir} (array_record)"
         else:
             index = kinetics.build_index(
@@ -502,27 +508,6 @@ def make_eval_iterator(
                           worker_count=worker_count)
 
 
-def config_keys() -> dict[str, str]:
-    """The config.data keys read here, with their meaning (for documentation and checks)."""
-    return {
-        "dataset": f"one of {VIDEO_DATASETS + IMAGE_DATASETS} (`name` is read when `dataset` is unset)",
-        "data_dir": "folder of the dataset (Kinetics layout, image folders, or a TFDS data_dir)",
-        "split": "training split (default 'train')",
-        "eval_split": "evaluation split (default 'val'; 'validation' for imagenet2012)",
-        "num_frames": "frames per clip (default 16)",
-        "frame_stride": "frames between clip frames (default 1)",
-        "resolution": "output size: int (square) or (height, width) (default 128)",
-        "worker_count": "grain worker processes (default 0: decode in the main process)",
-        "format": f"one of {FORMATS} (default 'auto': prepared array_record when present)",
-        "tfds_name": "name of the prepared dataset under data_dir (default: dataset)",
-        "cache_dir": "where the folder index is cached when data_dir is read-only",
-        "read_threads": "decode threads per process (default 2)",
-        "prefetch": "batches buffered per worker (default 2)",
-        "decode_threads": "decord threads per video (default 1)",
-        "cache_mb": "MB of whole decoded videos kept per process (default 0: off; for small datasets)",
-    }
-
-
 __all__ = [
     "LoaderStats",
     "Source",
@@ -530,5 +515,4 @@ __all__ = [
     "build_dataset",
     "make_train_iterator",
     "make_eval_iterator",
-    "config_keys",
 ]

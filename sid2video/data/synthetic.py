@@ -12,10 +12,16 @@ Positions are the integer top-left corners `(y, x)` of each digit's `digit_size`
 frame, so a test or a metric can find each digit in the decoded frames.
 
 Digit images: the same digits as PNGs in the image-folder layout `<root>/{split}/<class>/<n>.png`.
+
+Both writers are `sid2video prepare moving_digits --out DIR` / `sid2video prepare digit_images
+--out DIR` (`add_commands`, `run_command`). They write every file under a temporary name and
+rename it when complete, and write the completion marker last (files.py); the readers refuse a
+folder whose marker says incomplete, naming the command that finishes it.
 """
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import csv
 import dataclasses
@@ -23,11 +29,12 @@ import json
 import math
 import os
 import pathlib
-from typing import Mapping
+import shlex
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from sid2video.data import video_io
+from sid2video.data import files, video_io
 
 # Saturated colours for the digits; black background.
 PALETTE = np.array(
@@ -143,6 +150,8 @@ def write_moving_digits(
     if cfg.digit_size > min(cfg.height, cfg.width):
         raise ValueError(f"digit_size={cfg.digit_size} does not fit a {cfg.height}x{cfg.width} frame")
     root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    files.begin(root, _moving_digits_command(root, seed, counts, cfg))
     images, targets = _digits()
     split_ids = {name: i for i, name in enumerate(["train", "val", "test"])}
     duration = int(math.ceil(cfg.num_frames / cfg.fps))
@@ -191,18 +200,23 @@ def write_moving_digits(
                 rows.append(row)
                 truth[key] = clip_truth
                 bar.update(1)
-            ann = root / "annotations" / f"{split}.csv"
-            ann.parent.mkdir(parents=True, exist_ok=True)
-            with open(ann, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
-                writer.writerows(rows)
-            gt = root / "ground_truth" / f"{split}.json"
-            gt.parent.mkdir(parents=True, exist_ok=True)
+            _write_annotations(root / "annotations" / f"{split}.csv", rows)
             meta = dataclasses.asdict(cfg) | {"seed": seed, "split": split, "position": "top-left (y, x) of the digit square"}
-            gt.write_text(json.dumps({"meta": meta, "clips": truth}))
+            files.write_json_atomic(root / "ground_truth" / f"{split}.json", {"meta": meta, "clips": truth})
     bar.close()
+    files.finish(root)
     return {"root": str(root), "counts": counts, "config": dataclasses.asdict(cfg), "seed": seed}
+
+
+def _write_annotations(path: pathlib.Path, rows: Sequence[list]) -> None:
+    """A Kinetics annotation CSV, written under a temporary name and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = files.part_path(path)
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+        writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def load_ground_truth(root: str | pathlib.Path, split: str) -> dict:
@@ -227,6 +241,8 @@ def write_digit_images(
 
     counts = dict(counts or {"train": 500, "val": 100})
     root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    files.begin(root, _digit_images_command(root, seed, counts, size))
     images, targets = _digits()
     bar = _progress(sum(counts.values()), "digit images", progress)
     split_ids = {name: i for i, name in enumerate(["train", "val", "test"])}
@@ -241,9 +257,12 @@ def write_digit_images(
             frame = render([upscale(images[s], side)], color[None], np.array([[[y, x]]]), size, size)[0]
             path = root / split / f"digit_{int(targets[s])}" / f"{i:06d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(frame).save(path)
+            tmp = files.part_path(path)
+            Image.fromarray(frame).save(tmp)
+            os.replace(tmp, path)
             bar.update(1)
     bar.close()
+    files.finish(root)
     return {"root": str(root), "counts": counts, "size": size, "seed": seed}
 
 
@@ -284,12 +303,7 @@ def write_pattern_videos(root: str | pathlib.Path, videos: list[dict], *, fps: f
         rows.setdefault(spec["split"], []).append([spec["label"], youtube_id, 0, end, spec["split"]])
         paths.append(path)
     for split, split_rows in rows.items():
-        ann = root / "annotations" / f"{split}.csv"
-        ann.parent.mkdir(parents=True, exist_ok=True)
-        with open(ann, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
-            writer.writerows(split_rows)
+        _write_annotations(root / "annotations" / f"{split}.csv", split_rows)
     return paths
 
 
@@ -297,3 +311,76 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
     return tqdm(total=total, desc=desc, unit="file", disable=not enabled, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------------
+# `sid2video prepare moving_digits` and `sid2video prepare digit_images`
+
+_MD_FLAGS = {"num_frames": "--num-frames", "height": "--height", "width": "--width",
+             "digit_size": "--digit-size", "num_digits": "--num-digits"}
+
+
+def _command(what: str, root: pathlib.Path, seed: int, counts: Mapping[str, int], flags: dict,
+             splits: Sequence[str], expressible: bool, call: str) -> str:
+    """The command that writes this dataset again: the CLI when its flags can say it, else the call."""
+    if not expressible or set(counts) != set(splits):
+        return call
+    argv = ["sid2video", "prepare", what, "--out", str(root), "--seed", str(seed)]
+    argv += [x for split in splits for x in (f"--{split}", str(counts[split]))]
+    argv += [x for flag, value in flags.items() for x in (flag, str(value))]
+    return shlex.join(argv)
+
+
+def _moving_digits_command(root: pathlib.Path, seed: int, counts: Mapping[str, int],
+                           cfg: MovingDigitsConfig) -> str:
+    fields = dataclasses.asdict(cfg)
+    default = dataclasses.asdict(MovingDigitsConfig())
+    expressible = all(fields[k] == default[k] for k in fields if k not in _MD_FLAGS)
+    changed = {k: v for k, v in fields.items() if v != default[k]}
+    call = (f"sid2video.data.synthetic.write_moving_digits({str(root)!r}, seed={seed}, counts={dict(counts)!r}"
+            + "".join(f", {k}={v!r}" for k, v in changed.items()) + ")")
+    return _command("moving_digits", root, seed, counts, {_MD_FLAGS[k]: fields[k] for k in _MD_FLAGS},
+                    ("train", "val", "test"), expressible, call)
+
+
+def _digit_images_command(root: pathlib.Path, seed: int, counts: Mapping[str, int], size: int) -> str:
+    call = f"sid2video.data.synthetic.write_digit_images({str(root)!r}, seed={seed}, counts={dict(counts)!r}, size={size})"
+    return _command("digit_images", root, seed, counts, {"--size": size}, ("train", "val"), True, call)
+
+
+def add_commands(sub) -> None:
+    """Adds the `moving_digits` and `digit_images` subcommands to `sid2video prepare`'s parser."""
+    md = sub.add_parser("moving_digits", help="write the embedded moving-digits MP4 dataset (Kinetics layout)")
+    md.add_argument("--out", required=True)
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--train", type=int, default=256)
+    md.add_argument("--val", type=int, default=32)
+    md.add_argument("--test", type=int, default=64)
+    md.add_argument("--num-frames", type=int, default=32)
+    md.add_argument("--height", type=int, default=64)
+    md.add_argument("--width", type=int, default=64)
+    md.add_argument("--digit-size", type=int, default=24)
+    md.add_argument("--num-digits", type=int, default=2)
+    md.add_argument("--no-progress", action="store_true")
+
+    di = sub.add_parser("digit_images", help="write the embedded digit PNGs (class folders)")
+    di.add_argument("--out", required=True)
+    di.add_argument("--seed", type=int, default=0)
+    di.add_argument("--train", type=int, default=500)
+    di.add_argument("--val", type=int, default=100)
+    di.add_argument("--size", type=int, default=32)
+    di.add_argument("--no-progress", action="store_true")
+
+
+def run_command(args: argparse.Namespace) -> str:
+    """Runs `moving_digits` or `digit_images` from parsed arguments; returns the folder written."""
+    if args.what == "moving_digits":
+        write_moving_digits(
+            args.out, seed=args.seed, counts={"train": args.train, "val": args.val, "test": args.test},
+            num_frames=args.num_frames, height=args.height, width=args.width, digit_size=args.digit_size,
+            num_digits=args.num_digits, progress=not args.no_progress,
+        )
+    else:
+        write_digit_images(args.out, seed=args.seed, counts={"train": args.train, "val": args.val},
+                           size=args.size, progress=not args.no_progress)
+    return args.out

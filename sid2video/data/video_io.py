@@ -18,6 +18,8 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from sid2video.data import files
+
 VideoSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
 _decord = None
@@ -200,7 +202,7 @@ def write_mp4(
         raise ValueError(f"yuv420p needs even height and width, got {h}x{w}")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.mp4")
+    tmp = files.part_path(path)
     params = ["-crf", str(int(crf)), "-preset", preset]
     if keyframe_interval:
         params += ["-g", str(int(keyframe_interval))]
