@@ -47,6 +47,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sid2video import flags
 from sid2video.data import kinetics, video_io
 
 log = logging.getLogger(__name__)
@@ -508,7 +509,7 @@ class PreparedSource:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sid2video prepare", description=__doc__.split("\n\n")[0])
+    p = flags.Parser(prog="sid2video prepare", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
 
     k = sub.add_parser("kinetics600", help="Kinetics-layout video folders -> array_record (MP4 bytes per video)")
@@ -516,18 +517,18 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, help="TFDS data_dir to write <name>/1.0.0 into")
     k.add_argument("--split", action="append", help="split to prepare (repeatable); default: all found")
     k.add_argument("--name", default="kinetics600", help="dataset name (default kinetics600)")
-    k.add_argument("--videos-per-shard", type=int, default=256)
+    k.add_argument("--videos_per_shard", type=int, default=256)
     k.add_argument("--workers", type=int, default=4, help="threads reading and probing videos")
     k.add_argument("--restart", action="store_true", help="discard an interrupted run's shards")
-    k.add_argument("--no-progress", action="store_true")
+    k.add_argument("--no_progress", action="store_true")
 
     ix = sub.add_parser("index", help="build (or refresh) the cached folder index of a Kinetics-layout split")
     ix.add_argument("--src", required=True)
     ix.add_argument("--split", action="append", help="default: all of train/val/test found")
-    ix.add_argument("--cache-dir", default=None, help="where to cache it when --src is read-only")
+    ix.add_argument("--cache_dir", default=None, help="where to cache it when --src is read-only")
     ix.add_argument("--workers", type=int, default=None, help="threads probing videos")
     ix.add_argument("--refresh", action="store_true")
-    ix.add_argument("--no-progress", action="store_true")
+    ix.add_argument("--no_progress", action="store_true")
 
     im = sub.add_parser("image_folder", help="<split>/<class>/<image> folders -> array_record")
     im.add_argument("--src", required=True)
@@ -535,10 +536,10 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("--name", required=True, help="dataset name, e.g. imagenet2012 or digits")
     im.add_argument("--split", action="append")
     im.add_argument("--version", default=VERSION)
-    im.add_argument("--images-per-shard", type=int, default=1024)
+    im.add_argument("--images_per_shard", type=int, default=1024)
     im.add_argument("--workers", type=int, default=4)
     im.add_argument("--restart", action="store_true")
-    im.add_argument("--no-progress", action="store_true")
+    im.add_argument("--no_progress", action="store_true")
 
     md = sub.add_parser("moving_digits", help="write the embedded moving-digits MP4 dataset (Kinetics layout)")
     md.add_argument("--out", required=True)
@@ -546,12 +547,12 @@ def _parser() -> argparse.ArgumentParser:
     md.add_argument("--train", type=int, default=256)
     md.add_argument("--val", type=int, default=32)
     md.add_argument("--test", type=int, default=64)
-    md.add_argument("--num-frames", type=int, default=32)
+    md.add_argument("--num_frames", type=int, default=32)
     md.add_argument("--height", type=int, default=64)
     md.add_argument("--width", type=int, default=64)
-    md.add_argument("--digit-size", type=int, default=24)
-    md.add_argument("--num-digits", type=int, default=2)
-    md.add_argument("--no-progress", action="store_true")
+    md.add_argument("--digit_size", type=int, default=24)
+    md.add_argument("--num_digits", type=int, default=2)
+    md.add_argument("--no_progress", action="store_true")
 
     di = sub.add_parser("digit_images", help="write the embedded digit PNGs (class folders)")
     di.add_argument("--out", required=True)
@@ -559,7 +560,7 @@ def _parser() -> argparse.ArgumentParser:
     di.add_argument("--train", type=int, default=500)
     di.add_argument("--val", type=int, default=100)
     di.add_argument("--size", type=int, default=32)
-    di.add_argument("--no-progress", action="store_true")
+    di.add_argument("--no_progress", action="store_true")
     return p
 
 
