@@ -1,15 +1,15 @@
 """Loader throughput: clips/s of the folder and prepared (array_record) paths, 0/1/2 workers.
 
-    .venv/bin/python benchmarks/loader.py [--clips 48] [--resolution 128] [--batch-size 8]
-        [--num-frames 16] [--batches 12] [--workers 0 1 2] [--train-steps-per-s S]
+    .venv/bin/python benchmarks/loader.py [--clips 48] [--resolution 128] [--batch_size 8]
+        [--num_frames 16] [--batches 12] [--workers 0 1 2] [--train_steps_per_s S]
 
 Writes a moving-digits dataset (H.264, yuv420p, crf 18, like downloaded video; 25% wider than
 tall so that the short-side resize and the random crop both run) into a temporary folder,
 prepares it as array_record, and times training batches after a warm-up (worker start-up is not
 counted). Prints a table.
 
-HOOK (train-step consumption): pass `--train-steps-per-s` with the train step rate of the config
-you care about (from benchmarks of the trainer), and `--train-batch-size` with its per-process
+HOOK (train-step consumption): pass `--train_steps_per_s` with the train step rate of the config
+you care about (from benchmarks of the trainer), and `--train_batch_size` with its per-process
 batch; the table then gets the ratio supply / demand = loader clips/s / (steps/s * batch).
 Below 1 the loader starves the trainer.
 """
@@ -51,16 +51,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=48)
     parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--num-frames", type=int, default=16)
-    parser.add_argument("--video-frames", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num_frames", type=int, default=16)
+    parser.add_argument("--video_frames", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", default=None, help="keep the generated data here (default: a temp dir)")
     # HOOK: train-step consumption of the config being fed (see the module docstring).
-    parser.add_argument("--train-steps-per-s", type=float, default=None)
-    parser.add_argument("--train-batch-size", type=int, default=None)
+    parser.add_argument("--train_steps_per_s", type=float, default=None)
+    parser.add_argument("--train_batch_size", type=int, default=None)
     args = parser.parse_args(argv)
     absl.flags.FLAGS.mark_as_parsed()
     logging.basicConfig(level=logging.WARNING)
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     demand = None
     if args.train_steps_per_s:
         demand = args.train_steps_per_s * (args.train_batch_size or args.batch_size)
-    header = f"| path     | workers | clips/s | frames/s | warm-up s |" + (" supply/demand |" if demand else "")
+    header = "| path     | workers | clips/s | frames/s | warm-up s |" + (" supply/demand |" if demand else "")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name, w, rate, startup in rows:
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
             line += f" {rate / demand:>13.2f} |"
         print(line)
     if demand is None:
-        print("(pass --train-steps-per-s and --train-batch-size to compare with the trainer's consumption)")
+        print("(pass --train_steps_per_s and --train_batch_size to compare with the trainer's consumption)")
     return 0
 
 

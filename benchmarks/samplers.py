@@ -11,7 +11,7 @@ samples drawn from the true mixture (mean of 5 draws): the Monte-Carlo noise lev
   * sliced W1: the same averaged over 64 random unit directions;
   * mode error: total variation between the sampled and the true mode weights π.
 
-    .venv/bin/python benchmarks/samplers.py [--samples 20000] [--steps 16 32 64 128 256]
+    .venv/bin/python benchmarks/samplers.py [--samples 20000] [--sampler_steps 16 32 64 128 256]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def table(title: str, steps: list[int], rows: dict[str, list[float]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=20000)
-    parser.add_argument("--steps", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--sampler_steps", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--schedule", default="cosine", help="schedule name (cosine: λ ∈ [−15, 15])")
     args = parser.parse_args()
@@ -104,7 +104,7 @@ def main() -> None:
     results = {k: {name: [] for name, _ in METHODS} for k in ("w1", "sliced", "tv")}
     start = time.time()
     for name, kw in METHODS:
-        for steps in args.steps:
+        for steps in args.sampler_steps:
             fn = jax.jit(lambda key, kw=kw, steps=steps: samplers.sample(
                 denoiser, key, shape, schedule=schedule, num_steps=steps, **kw))
             x = np.asarray(fn(jax.random.key(args.seed + 1))).reshape(-1, 2).astype(np.float64)
@@ -112,15 +112,15 @@ def main() -> None:
                 results[key][name].append(value)
     floor = np.mean([metrics(draw_mixture(rng, args.samples), directions) for _ in range(5)], axis=0)
     for i, key in enumerate(("w1", "sliced", "tv")):
-        results[key]["floor (true mixture samples)"] = [floor[i]] * len(args.steps)
+        results[key]["floor (true mixture samples)"] = [floor[i]] * len(args.sampler_steps)
 
     print(f"Exact Gaussian-mixture denoiser, {args.schedule} schedule, {args.samples} samples, clip=True, "
           f"{jax.default_backend()}, {time.time() - start:.0f} s\n")
-    print(table("mean per-coordinate W1 to the mixture", args.steps, results["w1"]))
+    print(table("mean per-coordinate W1 to the mixture", args.sampler_steps, results["w1"]))
     print()
-    print(table("sliced W1 (64 directions)", args.steps, results["sliced"]))
+    print(table("sliced W1 (64 directions)", args.sampler_steps, results["sliced"]))
     print()
-    print(table("mode-weight total variation", args.steps, results["tv"]))
+    print(table("mode-weight total variation", args.sampler_steps, results["tv"]))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Train-step throughput and MFU of a config on the local devices.
 
-    .venv/bin/python benchmarks/train_step.py --config configs/demo.py:video [--steps 20] [--batch 16]
-        [--set model.conv=3d --set ...]
+    .venv/bin/python benchmarks/train_step.py --config configs/demo.py:video [--train_steps 20] [--batch 16]
+        [--config.model.conv=3d --config.KEY=VALUE ...]
 
 Model FLOPs are the analytic ones of sid2video.models.flops (SiD2 B.3: multiply-add = 1 FLOP,
 a train step = 3 forward passes), doubled to count multiply and add separately like hardware
@@ -25,13 +25,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def load_config(spec: str):
-    from sid2video import cli
-
-    path, _, variant = spec.partition(":")
-    return cli.load_config_file(ROOT / path, variant or None)
-
-
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     """FLOP/s (multiply and add counted) of an n×n float32 matmul on the default devices."""
     a = jnp.ones((n, n), jnp.float32)
@@ -45,19 +38,21 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/demo.py:video")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set model.attention=full (repeatable)")
-    args = parser.parse_args()
+    from sid2video import flags
 
-    from sid2video import cli, train
+    parser = flags.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          renamed=flags.TRAIN_STEPS,
+                          epilog="--config PATH.py:VARIANT or a shipped NAME:VARIANT (default demo:video); "
+                                 "--config.KEY=VALUE overrides a config key, e.g. --config.model.attention=full")
+    parser.add_argument("--train_steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
+    spec, overrides, argv = flags.split_config_args(sys.argv[1:])
+    args = parser.parse_args(argv)
+
+    from sid2video import train
     from sid2video.models import flops
 
-    config = load_config(args.config)
-    cli.apply_overrides(config, args.set, "train_step.py")
+    config = flags.load_config("train_step.py", spec or "demo:video", overrides)
     if args.batch:
         config.train.batch_size = args.batch
     trainer = train.Trainer(config)
@@ -72,10 +67,10 @@ def main() -> None:
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(args.train_steps):
         state, m = trainer.step(state, batch)
     jax.block_until_ready(m)
-    step_s = (time.perf_counter() - t0) / args.steps
+    step_s = (time.perf_counter() - t0) / args.train_steps
 
     fwd = flops.forward_flops(trainer.model_cfg)["total"]
     achieved = 3 * fwd * 2 * b / step_s / jax.device_count()  # FLOP/s per device, FMA = 2

@@ -1,6 +1,5 @@
-"""ml_collections configs, one file per setting, named variants: `configs/kinetics600.py:small`.
+"""The shipped configs: ml_collections config files, one per setting, with named variants.
 
-`validate(config)` checks a whole config at start-up (configs/common.py).
+Each file imports only `sid2video.config` and returns `config.base(...)` from `get_config(variant)`;
+load one by path (`--config configs/kinetics600.py:small`) or by name (`--config kinetics600:small`).
 """
-
-from configs.common import validate  # noqa: F401

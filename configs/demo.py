@@ -9,14 +9,7 @@
 Training settings are sized for minutes on a CPU, not the papers'.
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from configs import common  # noqa: E402
+from sid2video import config
 
 _TINY = dict(
     channels=(16, 32),
@@ -43,7 +36,7 @@ VARIANTS = ("video", "images")
 
 def get_config(variant: str = "video"):
     if variant == "video":
-        return common.base(
+        return config.base(
             # cache_mb: the 256 training clips decode once (5 MB at 16²) instead of every step.
             data=dict(dataset="moving_digits", num_frames=16, num_cond_frames=5, resolution=16,
                       frame_stride=1, num_classes=0, cache_mb=64),
@@ -58,7 +51,7 @@ def get_config(variant: str = "video"):
             train=dict(_TRAIN),
         )
     if variant == "images":
-        return common.base(
+        return config.base(
             data=dict(dataset="digits", num_frames=1, num_cond_frames=0, resolution=16,
                       frame_stride=1, num_classes=10),
             model=dict(_TINY, patch_size=1),

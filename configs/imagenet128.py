@@ -6,14 +6,7 @@
 Loss sigmoid bias 0 (B.6 `sigmoid:0`), guidance 1.0 on logSNR (0, 5), 512 DDPM steps.
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from configs import common  # noqa: E402
+from sid2video import config
 
 
 # The variants `--config configs/imagenet128.py:<variant>` accepts (the first is the default).
@@ -21,5 +14,5 @@ VARIANTS = ("small", "flop_heavy")
 
 
 def get_config(variant: str = "small"):
-    return common.imagenet(128, variant, bias=0.0, guidance_interval=(0.0, 5.0),
+    return config.imagenet(128, variant, bias=0.0, guidance_interval=(0.0, 5.0),
                            small_patch=1, flop_heavy_patch=1, drop_top_level=True)

@@ -5,14 +5,7 @@
 Loss sigmoid bias −1 (B.6 `sigmoid:-1`), guidance 1.0 on logSNR (−1.5, 5), 512 DDPM steps.
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from configs import common  # noqa: E402
+from sid2video import config
 
 
 # The variants `--config configs/imagenet256.py:<variant>` accepts (the first is the default).
@@ -20,5 +13,5 @@ VARIANTS = ("small", "flop_heavy")
 
 
 def get_config(variant: str = "small"):
-    return common.imagenet(256, variant, bias=-1.0, guidance_interval=(-1.5, 5.0),
+    return config.imagenet(256, variant, bias=-1.0, guidance_interval=(-1.5, 5.0),
                            small_patch=2, flop_heavy_patch=1)

@@ -6,14 +6,7 @@ Loss sigmoid bias −3 (§2.1, Table 1a), guidance 1.0 on logSNR (−3, 5), 512 
 schedule cosine_interpolated_low_32_high_512.
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from configs import common  # noqa: E402
+from sid2video import config
 
 
 # The variants `--config configs/imagenet512.py:<variant>` accepts (the first is the default).
@@ -21,5 +14,5 @@ VARIANTS = ("small", "flop_heavy")
 
 
 def get_config(variant: str = "small"):
-    return common.imagenet(512, variant, bias=-3.0, guidance_interval=(-3.0, 5.0),
+    return config.imagenet(512, variant, bias=-3.0, guidance_interval=(-3.0, 5.0),
                            small_patch=4, flop_heavy_patch=2)

@@ -15,14 +15,7 @@ depths that bring the B.3 count to 3570 GFLOPs. Batch 256 × 900k steps ≈ 2.5 
 match B.7's total).
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from configs import common  # noqa: E402
+from sid2video import config
 
 
 # The variants `--config configs/kinetics600.py:<variant>` accepts (the first is the default).
@@ -32,7 +25,7 @@ VARIANTS = ("small",)
 def get_config(variant: str = "small"):
     if variant != "small":
         raise ValueError(f"unknown variant {variant!r} for kinetics600; choose 'small'")
-    return common.base(
+    return config.base(
         data=dict(dataset="kinetics600", num_frames=16, num_cond_frames=5, resolution=128,
                   frame_stride=1, num_classes=0),
         model=dict(
@@ -54,7 +47,7 @@ def get_config(variant: str = "small"):
             scan_blocks=True,
         ),
         # CHOSEN: the ImageNet schedule of B.6 at 128² (B.7 does not name one).
-        schedule=common.interpolated_schedule(32, 512),
+        schedule=config.interpolated_schedule(32, 512),
         loss=dict(weighting="sigmoid", bias=0.0, class_drop_rate=0.0, cond_drop_rate=0.0),
         sampler=dict(method="addim", num_steps=128, logvar_interp=0.3, clip=True, guidance=0.0,
                      guidance_interval=None),

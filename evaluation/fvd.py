@@ -249,7 +249,7 @@ def check_clip(num_frames: int, num_cond_frames: int = 0, count_cond_frames: boo
         what = (f"clips of {num_frames} frames" if count_cond_frames else
                 f"the predicted frames ({num_frames} − {num_cond_frames} conditioning frames)")
         hint = ("use clips of at least 9 frames" if count_cond_frames else
-                "count the conditioning frames (--cond-frames-in-fvd) or use longer clips")
+                "count the conditioning frames (--cond_frames_in_fvd) or use longer clips")
         raise ValueError(f"FVD's I3D needs at least {i3d.MIN_FRAMES} frames, but {what} give it {seen}; {hint}")
     return seen
 

@@ -203,7 +203,7 @@ def _data_config(config_data: Any, data_dir: str | None) -> dict[str, Any]:
         raise ValueError("the config names no dataset (config.data.dataset); pass a data config")
     if not data.get("data_dir"):
         raise DataError(f"config.data.data_dir is not set for dataset {pipeline.dataset_name(data)!r}; "
-                        "pass --data-dir DIR")
+                        "pass --data_dir DIR")
     return data
 
 
@@ -221,7 +221,7 @@ def _source(data: Mapping[str, Any], split: str):
         return pipeline.make_source(data, split=split, train=False)
     except (FileNotFoundError, ValueError) as err:
         raise DataError(f"cannot read the {split!r} split of {pipeline.dataset_name(data)!r} in "
-                        f"{data.get('data_dir')}: {err} (pass --data-dir to point at the dataset)") from err
+                        f"{data.get('data_dir')}: {err} (pass --data_dir to point at the dataset)") from err
 
 
 def split_size(data: Mapping[str, Any], split: str) -> int:
@@ -240,7 +240,7 @@ def _check_num_samples(data: Mapping[str, Any], split: str, num_samples: int | s
         raise ValueError(f"num_samples={num_samples} is larger than the {split!r} split of "
                          f"{pipeline.dataset_name(data)!r} in {data.get('data_dir')}, which has {n} "
                          f"{'clips' if int(data.get('num_frames', 1) or 1) > 1 else 'images'}; "
-                         f"use --num-samples {n} or fewer")
+                         f"use --num_samples {n} or fewer")
     return int(num_samples)
 
 
@@ -441,7 +441,7 @@ def reference_statistics(data: Mapping[str, Any], *, split: str, num_samples: in
             cached = _load_cache(path, key, want_baseline)
             if cached is None:
                 raise FileNotFoundError(f"process {jax.process_index()} cannot read the evaluation cache {path} "
-                                        "that process 0 found; put --cache-dir on a shared filesystem")
+                                        "that process 0 found; put --cache_dir on a shared filesystem")
         ref, base = cached
         return {"reference": ref, "baseline": base if want_baseline else None, "cache_file": str(path),
                 "cache_hit": True, "key": key}
@@ -625,7 +625,7 @@ def evaluate(workdir=None, *, metric: str | None = None, num_samples: int | None
 
             if not (workdir / "checkpoints").is_dir():
                 raise FileNotFoundError(f"no checkpoints in {workdir / 'checkpoints'} to take the data config "
-                                        "from; pass the dataset (--dataset/--data-dir) instead")
+                                        "from; pass the dataset (--dataset/--data_dir) instead")
             reader = ckpt.Checkpointer(workdir, async_save=False)
             try:
                 meta = reader.read_meta(None)
@@ -635,7 +635,7 @@ def evaluate(workdir=None, *, metric: str | None = None, num_samples: int | None
         data_cfg = _data_config(data, data_dir)
     else:
         raise ValueError("evaluating samples by path needs the reference dataset: pass data= (or --dataset "
-                         "and --data-dir) or a workdir whose config names it")
+                         "and --data_dir) or a workdir whose config names it")
 
     num_frames = int(data_cfg.get("num_frames", 1) or 1)
     num_cond = int(num_cond_frames if num_cond_frames is not None else data_cfg.get("num_cond_frames", 0) or 0)
@@ -957,12 +957,14 @@ def _reference_arg(value: str):
     try:
         return int(value)
     except ValueError as err:
-        raise ValueError(f"--reference-samples takes a number, 'all' or 'same', got {value!r}") from err
+        raise ValueError(f"--reference_samples takes a number, 'all' or 'same', got {value!r}") from err
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sid2video evaluate",
+    from sid2video import flags
+
+    p = flags.Parser(
+        prog="sid2video evaluate", renamed=flags.SAMPLER_STEPS,
         description="FVD / FID and frame-prediction metrics (PSNR, SSIM, copy-last-frame baseline) of a "
                     "training run's checkpoints, or of generated samples given by path.")
     p.add_argument("--workdir", help="training run directory (its checkpoints and config)")
@@ -972,38 +974,36 @@ def _parser() -> argparse.ArgumentParser:
                    help="fvd (video), fid (images) or frames (PSNR/SSIM only); default from the protocol/data")
     p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS) + ["none"],
                    help="published protocol preset: split, number of samples, FVD resolution")
-    p.add_argument("--num-samples", type=int, default=None, help="clips to evaluate (default: protocol or split)")
+    p.add_argument("--num_samples", type=int, default=None, help="clips to evaluate (default: protocol or split)")
     p.add_argument("--checkpoint", type=_steps_arg, default=None,
                    help="step, comma-separated steps, 'latest' (default) or 'all'")
     p.add_argument("--split", default=None, help="data split (default: protocol's, else config.data.eval_split)")
-    p.add_argument("--reference-samples", default="preset",
+    p.add_argument("--reference_samples", default="preset",
                    help="clips behind the reference statistics: a number, 'all' (whole split) or 'same' "
                         "(the evaluated clips; default unless the protocol says otherwise)")
-    p.add_argument("--subset-seed", type=int, default=0,
-                   help="seed of the random subset of the split when num-samples is below its size")
-    p.add_argument("--cond-frames-in-fvd", action=argparse.BooleanOptionalAction, default=None,
-                   help="whether FVD sees the conditioning frames as part of each clip (default: yes)")
-    p.add_argument("--fvd-resolution", type=_resolution_arg, default="preset",
+    p.add_argument("--subset_seed", type=int, default=0,
+                   help="seed of the random subset of the split when --num_samples is below its size")
+    p.add_argument("--cond_frames_in_fvd", action="store_const", const=True, default=None,
+                   help="FVD sees the conditioning frames as part of each clip (the default)")
+    p.add_argument("--no_cond_frames_in_fvd", action="store_const", const=False, dest="cond_frames_in_fvd",
+                   help="FVD sees the predicted frames only")
+    p.add_argument("--fvd_resolution", type=_resolution_arg, default="preset",
                    help="resize frames to this size before I3D (Kinetics600: 64); 'none' keeps them")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per process per batch")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: the run's config.data.data_dir)")
+    p.add_argument("--batch_size", type=int, default=8, help="rows per process per batch")
+    p.add_argument("--data_dir", default=None, help="dataset folder (default: the run's config.data.data_dir)")
     p.add_argument("--dataset", default=None, help="with --samples and no --workdir: the dataset name")
-    p.add_argument("--num-frames", type=int, default=None, help="with --dataset: frames per clip")
+    p.add_argument("--num_frames", type=int, default=None, help="with --dataset: frames per clip")
     p.add_argument("--resolution", type=int, default=None, help="with --dataset: frame size")
-    p.add_argument("--num-cond-frames", type=int, default=None, help="conditioning frames (default: config's)")
+    p.add_argument("--num_cond_frames", type=int, default=None, help="conditioning frames (default: config's)")
     p.add_argument("--out", default=None, help="report folder (default WORKDIR/eval)")
-    p.add_argument("--cache-dir", default=None, help="reference statistics cache (default WORKDIR/eval_cache)")
-    p.add_argument("--fid-weights", default=None, help="pytorch-fid's pt_inception-2015-12-05 weights file")
+    p.add_argument("--cache_dir", default=None, help="reference statistics cache (default WORKDIR/eval_cache)")
+    p.add_argument("--fid_weights", default=None, help="pytorch-fid's pt_inception-2015-12-05 weights file")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--raw", action="store_true", help="use the raw parameters instead of the EMA")
-    p.add_argument("--no-baseline-fvd", action="store_true", help="skip the copy-last-frame baseline's FVD")
+    p.add_argument("--no_baseline_fvd", action="store_true", help="skip the copy-last-frame baseline's FVD")
     p.add_argument("--strips", type=int, default=4, help="clips shown in the sample strips")
-    p.add_argument("--method", choices=("ddpm", "ddim", "addim"), default=None, help="sampler override")
-    p.add_argument("--steps", type=int, default=None, dest="num_steps", help="sampling steps override")
-    p.add_argument("--guidance", type=float, default=None, help="guidance weight override")
-    p.add_argument("--interval", default=None, help="guidance logSNR interval 'lo,hi' or 'none'")
-    p.add_argument("--logvar-interp", type=float, default=None, help="DDPM log-variance interpolation override")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    flags.add_sampler_flags(p)
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
     from sid2video import sharding
 
     sharding.add_distributed_flags(p)
@@ -1020,12 +1020,11 @@ def run(argv: Sequence[str]) -> int:
     from sid2video import sharding
 
     sharding.join_from_flags(args)
-    interval = None
-    if args.interval is not None:
-        interval = "none" if args.interval.lower() == "none" else tuple(float(v) for v in args.interval.split(","))
-    sampler = {k: v for k, v in dict(method=args.method, num_steps=args.num_steps, guidance=args.guidance,
-                                     guidance_interval=interval, logvar_interp=args.logvar_interp).items()
-               if v is not None}
+    from sid2video import flags
+
+    sampler = flags.sampler_overrides(args)
+    if "guidance_interval" in sampler and sampler["guidance_interval"] is None:
+        sampler["guidance_interval"] = "none"  # evaluate() skips None overrides; 'none' turns it off
     data = None
     if args.dataset:
         data = {"dataset": args.dataset, "data_dir": args.data_dir}

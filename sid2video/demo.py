@@ -23,34 +23,28 @@ from typing import Any
 
 import numpy as np
 
-from sid2video import cli
+from sid2video import config as config_lib
+from sid2video import flags
 
 log = logging.getLogger("sid2video.demo")
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Written at 32², read at the config's resolution (16²): the loader's resize smooths the glyphs.
 VIDEO_DATA = dict(height=32, width=32, digit_size=16, num_digits=1, num_frames=24, max_speed=2)
 IMAGE_SIZE = 16
 
 
-def load_config(variant: str, overrides: list[str] = ()):
-    """configs/demo.py:<variant> from the source tree, with `key=value` overrides applied."""
-    path = ROOT / "configs" / "demo.py"
-    if not path.exists():
-        raise SystemExit(f"sid2video demo: {path} is missing; run the demo from a source checkout")
-    config = cli.load_config_file(path, variant)
-    cli.apply_overrides(config, overrides, "sid2video demo")
-    from configs import validate  # imported by path through configs/demo.py
-
+def load_config(variant: str, overrides: list[tuple[str, str]] = ()):
+    """The shipped configs/demo.py:<variant> with `--config.key=value` overrides, (key, text), applied."""
+    config = flags.load_config("sid2video demo", f"demo:{variant}", list(overrides))
     try:
-        validate(config)
+        config_lib.validate(config)
     except ValueError as err:
         raise SystemExit(f"sid2video demo: {err}")
     return config
 
 
 def _configure(variant: str, data_dir: pathlib.Path, seed: int, sampler_steps: int | None,
-               overrides: list[str]):
+               overrides: list[tuple[str, str]]):
     """The demo config pointed at the written data, with the command line's settings."""
     config = load_config(variant, overrides)
     config.data.data_dir = str(data_dir)
@@ -132,7 +126,7 @@ def true_positions(truth: np.ndarray, top_left: np.ndarray) -> np.ndarray:
 
 def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | None, num_eval: int,
                sampler_steps: int | None, fvd: bool, seed: int, train_clips: int,
-               overrides: list[str] = ()) -> dict:
+               overrides: list[tuple[str, str]] = ()) -> dict:
     import jax
 
     from evaluation import metrics
@@ -280,7 +274,7 @@ def _gray(images: np.ndarray) -> np.ndarray:
 
 
 def image_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | None, num_eval: int,
-               sampler_steps: int | None, seed: int, overrides: list[str] = ()) -> dict:
+               sampler_steps: int | None, seed: int, overrides: list[tuple[str, str]] = ()) -> dict:
     import jax
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
@@ -363,24 +357,28 @@ def image_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
 
 
 def run(argv: list[str]) -> int:
-    """`sid2video demo --workdir DIR [--minutes M] [--steps N] [--images]`."""
+    """`sid2video demo --workdir DIR [--minutes M] [--train_steps N] [--images] [--config.key=value ...]`."""
     import absl.flags
 
-    parser = argparse.ArgumentParser(prog="sid2video demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    spec, overrides, argv = flags.split_config_args(argv)
+    parser = flags.Parser(prog="sid2video demo", description=__doc__, renamed=flags.TRAIN_STEPS,
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="--config.KEY=VALUE overrides a key of the mode's config, configs/demo.py:video "
+                                 "or configs/demo.py:images (e.g. --config.loss.bias=-2; repeatable)")
     parser.add_argument("--workdir", required=True, help="where data, checkpoints, MP4s and the report go")
     parser.add_argument("--minutes", type=float, default=7.0, help="training time budget (default 7)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
+    parser.add_argument("--train_steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--images", action="store_true", help="the class-conditional image demo (T = 1)")
-    parser.add_argument("--num-eval", type=int, default=None,
+    parser.add_argument("--num_eval", type=int, default=None,
                         help="held-out clips to predict (default 16) / images to sample (default 100)")
-    parser.add_argument("--sampler-steps", type=int, default=None, help="sampling steps (default: config)")
-    parser.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D on the CPU is slow)")
-    parser.add_argument("--train-clips", type=int, default=256, help="training clips to write")
+    parser.add_argument("--sampler_steps", type=int, default=None, help="sampler steps (default: config)")
+    parser.add_argument("--no_fvd", action="store_true", help="skip FVD (I3D on the CPU is slow)")
+    parser.add_argument("--train_clips", type=int, default=256, help="training clips to write")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of configs/demo.py, e.g. --set loss.bias=-2 (repeatable)")
     args = parser.parse_args(argv)
+    if spec is not None:
+        parser.error("the config is configs/demo.py's video or images variant (--images); "
+                     "override its keys with --config.KEY=VALUE")
     absl.flags.FLAGS.mark_as_parsed()
     # ffmpeg runs through subprocess (fork, then exec at once), which JAX's fork warning does not
     # distinguish from an unsafe fork.
@@ -391,16 +389,16 @@ def run(argv: list[str]) -> int:
     if args.num_eval is None:
         args.num_eval = 100 if args.images else 16
     if args.images:
-        result = image_demo(workdir, minutes=args.minutes, steps=args.steps, num_eval=args.num_eval,
-                            sampler_steps=args.sampler_steps, seed=args.seed, overrides=args.set)
+        result = image_demo(workdir, minutes=args.minutes, steps=args.train_steps, num_eval=args.num_eval,
+                            sampler_steps=args.sampler_steps, seed=args.seed, overrides=overrides)
         print(f"\n[demo] done in {result['seconds'] / 60:.1f} min. Classifier accuracy on samples: "
               f"{100 * result['guided']['accuracy']:.1f}% with guidance, "
               f"{100 * result['unguided']['accuracy']:.1f}% without "
               f"(real digits: {100 * result['classifier_accuracy_on_real']:.1f}%).")
     else:
-        result = video_demo(workdir, minutes=args.minutes, steps=args.steps, num_eval=args.num_eval,
+        result = video_demo(workdir, minutes=args.minutes, steps=args.train_steps, num_eval=args.num_eval,
                             sampler_steps=args.sampler_steps, fvd=not args.no_fvd, seed=args.seed,
-                            train_clips=args.train_clips, overrides=args.set)
+                            train_clips=args.train_clips, overrides=overrides)
         m, b = result["model"], result["copy_last_frame"]
         print(f"\n[demo] done in {result['seconds'] / 60:.1f} min, {result['train']['step']} training steps.")
         print("[demo]                      model   copy-last-frame")

@@ -16,7 +16,6 @@ given file.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import re
 import sys
@@ -24,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sid2video import draw
+from sid2video import draw, flags
 
 FORMATS = ("mp4", "gif", "png")
 DEFAULT_FPS = 8.0
@@ -177,7 +176,7 @@ def latest_npz(workdir) -> pathlib.Path | None:
 def run(argv: list[str]) -> int:
     """`sid2video render --workdir DIR [--checkpoint N] [--out DIR] [--format mp4,gif,png] [--fps 8]`
     or `sid2video render --npz FILE [--out DIR] ...`."""
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="sid2video render",
         description="Render samples written by `sid2video sample` as MP4 / GIF / PNG: the prediction "
                     "beside the ground truth, conditioning frames framed in green, predicted frames "
@@ -192,9 +191,9 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--format", default="mp4", help="comma-separated among mp4,gif,png (default mp4)")
     parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="frames per second (default 8)")
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help="H.264 quality, 0 = best (default 12)")
-    parser.add_argument("--max-clips", type=int, default=None, help="render only the first N samples")
-    parser.add_argument("--no-grid", action="store_true", help="skip the grid of all clips")
-    parser.add_argument("--no-per-clip", action="store_true", help="skip the per-clip files")
+    parser.add_argument("--max_clips", type=int, default=None, help="render only the first N samples")
+    parser.add_argument("--no_grid", action="store_true", help="skip the grid of all clips")
+    parser.add_argument("--no_per_clip", action="store_true", help="skip the per-clip files")
     args = parser.parse_args(argv)
 
     if args.npz is not None:

@@ -192,11 +192,12 @@ def write_strip(path: pathlib.Path, video: np.ndarray, *, num_cond: int = 0) -> 
 
 
 def run(argv: list[str]) -> int:
-    """`sid2video sample --workdir DIR [--checkpoint N] [--num N] [--out FILE] [sampler overrides]`."""
+    """`sid2video sample --workdir DIR [--checkpoint N] [--num N] [--out FILE] [sampler flags]`."""
     import absl.flags
-    import argparse
 
-    parser = argparse.ArgumentParser(prog="sid2video sample", description=run.__doc__)
+    from sid2video import flags
+
+    parser = flags.Parser(prog="sid2video sample", description=run.__doc__, renamed=flags.SAMPLER_STEPS)
     parser.add_argument("--workdir", required=True, help="training run directory")
     parser.add_argument("--checkpoint", type=int, default=None, help="step to load (default: latest)")
     parser.add_argument("--num", type=int, default=8, help="number of samples")
@@ -204,11 +205,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--split", default=None, help="data split for the conditioning frames / labels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--raw", action="store_true", help="use the raw parameters instead of the EMA")
-    parser.add_argument("--method", choices=samplers.METHODS, default=None)
-    parser.add_argument("--steps", type=int, default=None, dest="num_steps")
-    parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--interval", default=None, help="guidance logSNR interval 'lo,hi' or 'none'")
-    parser.add_argument("--logvar_interp", type=float, default=None)
+    flags.add_sampler_flags(parser)
     sharding.add_distributed_flags(parser)
     args = parser.parse_args(argv)
     absl.flags.FLAGS.mark_as_parsed()
@@ -226,13 +223,7 @@ def run(argv: list[str]) -> int:
         model, config, step = checkpoint.load_model(args.workdir, args.checkpoint, ema=not args.raw)
     except (FileNotFoundError, ValueError) as err:  # no run, no such step, another config's checkpoint
         raise SystemExit(f"sid2video sample: {err}")
-    interval = None
-    if args.interval is not None:
-        interval = () if args.interval.lower() == "none" else tuple(float(v) for v in args.interval.split(","))
-    overrides = {k: v for k, v in dict(method=args.method, num_steps=args.num_steps, guidance=args.guidance,
-                                       logvar_interp=args.logvar_interp).items() if v is not None}
-    if interval is not None:  # '--interval none' turns the interval off
-        overrides["guidance_interval"] = interval or None
+    overrides = flags.sampler_overrides(args)
     try:
         generator = Generator(model, config, **overrides)
     except ValueError as err:

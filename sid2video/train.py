@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 
 from sid2video import checkpoint as ckpt
 from sid2video import sharding
-from sid2video.settings import LR_DECAYS, TrainConfig  # noqa: F401  (re-exported)
+from sid2video.config import TrainConfig
 from sid2video.sharding import initialize_distributed, make_mesh  # noqa: F401  (re-exported)
 from sid2video.diffusion import losses, schedules
 from sid2video.models import uvit
@@ -535,12 +535,12 @@ def run(argv: list[str]) -> int:
     """`sid2video train --config configs/kinetics600.py:small --workdir DIR [--config.key=value]`."""
     from absl import flags
 
-    from sid2video.cli import parse_flags
+    from sid2video import flags as cli_flags
 
     def define(fv):
         flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics); resumed if it exists",
                             flag_values=fv)
-        flags.DEFINE_integer("steps", None, "train until this step (default: config.train.num_steps)",
+        flags.DEFINE_integer("train_steps", None, "train until this step (default: config.train.num_steps)",
                              flag_values=fv)
         flags.DEFINE_float("minutes", None, "stop (and save) after this much wall time", flag_values=fv)
         flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process CPU/GPU runs",
@@ -550,13 +550,13 @@ def run(argv: list[str]) -> int:
         flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection "
                           "(TPU pods, SLURM)", flag_values=fv)
 
-    fv = parse_flags("sid2video train", argv, define)
+    fv = cli_flags.parse_flags("sid2video train", argv, define, renamed=cli_flags.TRAIN_STEPS)
     if not fv.workdir:
         raise SystemExit("sid2video train: --workdir is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sharding.join_from_flags(fv)
     try:
-        summary = fit(fv.config, fv.workdir, steps=fv.steps, minutes=fv.minutes)
+        summary = fit(fv.config, fv.workdir, steps=fv.train_steps, minutes=fv.minutes)
     except (NonFiniteError, ckpt.CheckpointMismatchError, ValueError) as err:
         raise SystemExit(f"sid2video train: {err}")
     print(json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}))

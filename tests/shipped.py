@@ -88,7 +88,7 @@ def write_data(root: pathlib.Path) -> dict[str, pathlib.Path]:
 
 def write_random_inception(path: pathlib.Path) -> pathlib.Path:
     """The FID Inception with random weights as a converted .npz (FID's real weights are a download
-    the tests cannot make); `--fid-weights` reads it like the converted real file."""
+    the tests cannot make); `--fid_weights` reads it like the converted real file."""
     import jax
     import numpy as np
 

@@ -4,8 +4,10 @@ import pathlib
 
 import pytest
 
-from sid2video import cli
+from sid2video import config as config_lib
+from sid2video import flags
 from sid2video.models import flops, uvit
+from sid2video.models.uvit_config import UViTConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = [
@@ -18,13 +20,10 @@ VARIANTS = [
 
 def load(name: str, variant: str):
     """configs/<name>.py:<variant>, loaded the way `--config configs/<name>.py:variant` does."""
-    return cli.load_config_file(ROOT / "configs" / f"{name}.py", variant)
+    return config_lib.load(f"{ROOT / 'configs' / name}.py:{variant}")
 
 
-def validate(config):
-    from configs import common  # importable once a config file has been loaded
-
-    return common.validate(config)
+validate = config_lib.validate
 
 
 @pytest.mark.parametrize("name,variant", VARIANTS)
@@ -44,8 +43,27 @@ def test_every_variant_builds_validates_and_eval_shapes(name, variant):
 
 
 def test_unknown_variant_is_an_error():
-    with pytest.raises(ValueError, match="unknown variant 'huge'"):
+    with pytest.raises(ValueError, match="no variant 'huge'; choose one of small, flop_heavy"):
         load("imagenet512", "huge")
+    with pytest.raises(ValueError, match="no shipped config 'k600'; choose one of demo, imagenet128"):
+        config_lib.load("k600:small")
+
+
+@pytest.mark.parametrize("name,variant", VARIANTS)
+def test_shipped_configs_load_by_name_as_by_path(name, variant):
+    """`kinetics600:small` is the file shipped with the package, configs/kinetics600.py."""
+    assert config_lib.SHIPPED == ROOT / "configs"
+    assert config_lib.load(f"{name}:{variant}").to_dict() == load(name, variant).to_dict()
+
+
+def test_config_files_import_only_the_config_module():
+    """Config files are data: no sys.path edits, no imports but `from sid2video import config`."""
+    import ast
+
+    for path in sorted((ROOT / "configs").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imports = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert imports == ([] if path.name == "__init__.py" else ["from sid2video import config"]), path
 
 
 @pytest.mark.parametrize("res,bias,interval,small_patch,heavy_patch", [
@@ -72,11 +90,15 @@ def test_imagenet_paper_settings(res, bias, interval, small_patch, heavy_patch):
     assert small.model.patch_size == small_patch and heavy.model.patch_size == heavy_patch
     assert small.train.num_steps == 1_000_000 and heavy.train.num_steps == 800_000
     # §2.2: the small U-ViT runs on a 128² map; flop heavy doubles the map, not the channels.
-    assert res // small_patch == 128
+    small_net, heavy_net = UViTConfig.from_config(small.model), UViTConfig.from_config(heavy.model)
+    assert small_net.level_resolutions[0] == 128 and small_net.channels[0] == 128
     if res == 128:  # B.6: the 128-channel top level is removed at 128²
-        assert heavy.model.channels[0] == 256 and res // heavy_patch == 128
+        assert heavy_net.channels == small_net.channels[1:] and heavy_net.level_resolutions[0] == 128
     else:
-        assert heavy.model.channels == small.model.channels and res // heavy_patch == 256
+        assert heavy_net.channels == small_net.channels and heavy_net.level_resolutions[0] == 256
+    # About 4x the FLOPs of the small model (§2.2).
+    ratio = flops.forward_flops(heavy_net)["total"] / flops.forward_flops(small_net)["total"]
+    assert 3 < ratio < 5
     assert small.model.dropout_from_resolution < res // small_patch  # never the top level
 
 
@@ -154,16 +176,51 @@ def test_unknown_model_key_is_an_error():
         validate(config)
 
 
-def test_set_overrides_reach_the_config_and_name_a_missing_key():
+def test_overrides_reach_the_config_read_as_the_key_type_and_name_a_missing_key():
     config = load("demo", "video")
-    cli.apply_overrides(config, ["loss.bias=-2", "model.channels=(32, 48)", "sampler.method=ddpm",
-                                 "train.lr_decay=cosine", "data.cache_mb=0"], "prog")
+    config_lib.override(config, [("loss.bias", "-2"), ("model.channels", "(32, 48)"),
+                                 ("sampler.method", "ddpm"), ("train.lr_decay", "cosine"),
+                                 ("train.learning_rate", "1"), ("train.ema_warmup", "false"),
+                                 ("data.dataset", "123"), ("sampler.guidance_interval", "(-1, 2)")])
     assert config.loss.bias == -2 and tuple(config.model.channels) == (32, 48)
     assert config.sampler.method == "ddpm" and config.train.lr_decay == "cosine"
-    assert config.data.cache_mb == 0
-    validate(config)
-    for item in ("loss.bais=1", "modle.channels=(1,)", "loss.bias.x=1", "seed.x=1"):
-        with pytest.raises(SystemExit, match=rf"prog: --set {item.split('=')[0]}: no such config key"):
-            cli.apply_overrides(config, [item], "prog")
-    with pytest.raises(SystemExit, match=r"--set 'loss.bias' must look like key=value"):
-        cli.apply_overrides(config, ["loss.bias"], "prog")
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    assert config.train.ema_warmup is False and config.data.dataset == "123"
+    assert tuple(config.sampler.guidance_interval) == (-1, 2)
+    config_lib.override(config, [("data.resolution", "32")])  # the model follows the data
+    assert config.model.resolution == 32
+    for key in ("loss.bais", "modle.channels", "loss.bias.x", "seed.x"):
+        with pytest.raises(KeyError):
+            config_lib.override(config, [(key, "1")])
+    for key, text in (("train.fsdp", "abc"), ("train.ema_warmup", "maybe"), ("model.channels", "3"), ("loss", "1")):
+        with pytest.raises(ValueError, match=f"config.{key}"):
+            config_lib.override(config, [(key, text)])
+
+
+def test_config_flags_load_and_override_in_one_line_errors():
+    spec, items, rest = flags.split_config_args(
+        ["--config", "demo:video", "--workdir", "w", "--config.loss.bias=-2", "--config.seed", "3"])
+    assert spec == "demo:video" and items == [("loss.bias", "-2"), ("seed", "3")] and rest == ["--workdir", "w"]
+    config = flags.load_config("prog", spec, items)
+    assert config.loss.bias == -2 and config.seed == 3
+    with pytest.raises(SystemExit, match=r"^prog: --config.loss.bais names no config key"):
+        flags.load_config("prog", spec, [("loss.bais", "1")])
+    with pytest.raises(SystemExit, match=r"^prog: --config.train.fsdp=abc: "):
+        flags.load_config("prog", spec, [("train.fsdp", "abc")])
+    with pytest.raises(SystemExit, match=r"^prog: --config configs/k600.py:small: no config file configs/k600.py"):
+        flags.load_config("prog", "configs/k600.py:small", [])
+
+
+@pytest.mark.parametrize("command,old,new", [
+    ("train", "--steps", "--train_steps"), ("demo", "--steps", "--train_steps"),
+    ("sample", "--steps", "--sampler_steps"), ("evaluate", "--steps", "--sampler_steps"),
+    ("evaluate", "--logvar-interp", "--logvar_interp"), ("evaluate", "--num-samples", "--num_samples"),
+    ("demo", "--set", "--config.KEY=VALUE"), ("demo", "--num-eval", "--num_eval"),
+    ("render", "--max-clips", "--max_clips"), ("info", "--set", "--config.KEY=VALUE"),
+])
+def test_old_flag_names_name_the_new_one(command, old, new):
+    from sid2video import cli
+
+    argv = [command, "--workdir", "w", old + "=1"] if command != "render" else [command, "--npz", "x", old, "1"]
+    with pytest.raises(SystemExit, match=rf"^sid2video {command}: {old} is now {new}$"):
+        cli.main(argv)

@@ -37,8 +37,8 @@ def test_killed_moving_digits_is_refused_then_finished_by_the_named_command(tmp_
     """kill -9 in the middle of `sid2video prepare moving_digits` (after 3 clips, inside the writer
     of the 4th, whose temporary file is on disk): no reader takes what is left for a dataset."""
     out = tmp_path / "md"
-    flags = ["--out", str(out), "--train", "4", "--val", "2", "--test", "2", "--num-frames", "8",
-             "--height", "24", "--width", "24", "--digit-size", "12", "--no-progress"]
+    flags = ["--out", str(out), "--train", "4", "--val", "2", "--test", "2", "--num_frames", "8",
+             "--height", "24", "--width", "24", "--digit_size", "12", "--no_progress"]
     script = (
         "import os, signal, threading\n"
         "from sid2video import cli\n"
@@ -74,7 +74,7 @@ def test_killed_moving_digits_is_refused_then_finished_by_the_named_command(tmp_
     # playable one: a copy of a finished clip under a temporary name).
     from sid2video import cli
 
-    assert cli.main(shlex.split(command)[1:] + ["--no-progress"]) == 0
+    assert cli.main(shlex.split(command)[1:] + ["--no_progress"]) == 0
     assert json.loads((out / files.MARKER).read_text())["complete"] is True
     assert not list(out.rglob("*.part.*"))
     clip = sorted((out / "train").rglob("*.mp4"))[0]

@@ -117,14 +117,14 @@ def test_command_line(src, tmp_path, capsys):
     from sid2video import cli
 
     rc = cli.main(["prepare", "kinetics600", "--src", str(src), "--out", str(tmp_path), "--split", "val",
-                   "--name", "tiny", "--no-progress"])
+                   "--name", "tiny", "--no_progress"])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     it = pipeline.make_eval_iterator(_cfg(tmp_path, dataset="video_folder", tfds_name="tiny"), batch_size=2,
                                      process_index=0, process_count=1)
     (batch,) = list(it)
     assert batch["mask"].tolist() == [True, True] and batch["video"].shape == (2, 4, 32, 40, 3)
-    assert cli.main(["prepare", "index", "--src", str(src), "--split", "train", "--cache-dir", str(tmp_path / "c"),
-                     "--no-progress"]) == 0
+    assert cli.main(["prepare", "index", "--src", str(src), "--split", "train", "--cache_dir", str(tmp_path / "c"),
+                     "--no_progress"]) == 0
     assert "train: 7 readable videos, 1 unreadable" in capsys.readouterr().out
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from sid2video import cli
+from sid2video import cli, config, info
 from sid2video.models import flops, uvit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ IMAGE = dict(num_frames=1, resolution=16, patch_size=2, channels=(24, 32),
 
 
 def load(name: str, variant: str):
-    return cli.load_config_file(ROOT / "configs" / f"{name}.py", variant)
+    return config.load(f"{ROOT / 'configs' / name}.py:{variant}")
 
 
 def xla_flops(cfg: dict, batch: int = 1) -> float:
@@ -138,11 +138,11 @@ def _gflops(text: str, label: str) -> float:
 
 def test_info_command(capsys):
     argv = ["--config", str(ROOT / "configs" / "demo.py") + ":video"]
-    assert flops.run(argv) == 0
+    assert info.run(argv) == 0
     out = capsys.readouterr().out
     cfg = load("demo", "video")
     exact = uvit.count_params(uvit.abstract(cfg.model))
-    assert f"{exact:,} (exact" in out
+    assert f"parameters   {exact:,} (closed form" in out  # the printed count is the built network's
     fwd = flops.forward_flops(cfg.model)["total"] / 1e9
     assert _gflops(out, "forward") == pytest.approx(fwd, rel=1e-3)
     assert _gflops(out, "train step") == pytest.approx(3 * fwd, rel=1e-3)
@@ -155,10 +155,27 @@ def test_info_command(capsys):
     assert more > 1.1 * fwd
     assert _gflops(out, "forward") == pytest.approx(more, rel=1e-3)
     # A bad value is reported, not a traceback.
-    assert flops.run(argv + ["--config.model.attention=axial"]) == 2
+    assert info.run(argv + ["--config.model.attention=axial"]) == 2
     assert "attention='axial'" in capsys.readouterr().err
     # So is a flag that does not exist, or a config key that does not.
     with pytest.raises(SystemExit, match=r"sid2video info: Unknown command line flag 'cfg'"):
-        flops.run(argv + ["--cfg=1"])
+        info.run(argv + ["--cfg=1"])
     with pytest.raises(SystemExit, match=r"sid2video info: --config.model.widht names no config key"):
-        flops.run(argv + ["--config.model.widht=3"])
+        info.run(argv + ["--config.model.widht=3"])
+
+
+def test_info_is_arithmetic_only():
+    """`sid2video info` on a shipped config (by name) imports neither the network's Flax modules nor
+    the trainer, optax or orbax."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from sid2video import cli; rc = cli.main(['info', '--config', 'kinetics600:small']); "
+            "print(json.dumps([rc] + sorted(m for m in ('flax', 'optax', 'orbax', 'sid2video.train', "
+            "'sid2video.models.uvit') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout
+    assert "GFLOPs per example" in out
+    assert json.loads(out.strip().splitlines()[-1]) == [0]

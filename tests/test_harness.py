@@ -244,8 +244,8 @@ def test_evaluate_sets_arrays_and_datasets(data_dir, val_clips):
 
 
 def test_cli_frame_metrics_and_errors(run, data_dir, tmp_path, capsys, monkeypatch):
-    rc = harness.run(["--workdir", str(run), "--metric", "frames", "--num-samples", "2", "--batch-size", "3",
-                      "--checkpoint", "1", "--out", str(tmp_path / "frames"), "--no-progress"])
+    rc = harness.run(["--workdir", str(run), "--metric", "frames", "--num_samples", "2", "--batch_size", "3",
+                      "--checkpoint", "1", "--out", str(tmp_path / "frames"), "--no_progress"])
     assert rc == 0
     saved = json.loads((tmp_path / "frames" / "result.json").read_text())
     assert saved["metric"] == "frames" and saved["checkpoints"][0]["step"] == 1
@@ -259,12 +259,12 @@ def test_cli_frame_metrics_and_errors(run, data_dir, tmp_path, capsys, monkeypat
     assert "no checkpoints in" in error(["--workdir", str(tmp_path / "nothing")])
     assert not (tmp_path / "nothing").exists()                     # nothing created on the way
     assert "available: [1, 2]" in error(["--workdir", str(run), "--checkpoint", "7"])
-    err = error(["--workdir", str(run), "--data-dir", str(tmp_path / "missing")])
-    assert "cannot read the 'val' split" in err and "--data-dir" in err
-    err = error(["--workdir", str(run), "--num-samples", "5"])
+    err = error(["--workdir", str(run), "--data_dir", str(tmp_path / "missing")])
+    assert "cannot read the 'val' split" in err and "--data_dir" in err
+    err = error(["--workdir", str(run), "--num_samples", "5"])
     assert "num_samples=5" in err and "which has 2 clips" in err
-    assert "at least 2 samples" in error(["--workdir", str(run), "--num-samples", "1"])
-    err = error(["--workdir", str(run), "--no-cond-frames-in-fvd", "--num-samples", "2"])
+    assert "at least 2 samples" in error(["--workdir", str(run), "--num_samples", "1"])
+    err = error(["--workdir", str(run), "--no_cond_frames_in_fvd", "--num_samples", "2"])
     assert "at least 9 frames" in err and "7" in err
 
     # FID without the Inception weights: the error from inception.load names the file to get.
@@ -276,7 +276,7 @@ def test_cli_frame_metrics_and_errors(run, data_dir, tmp_path, capsys, monkeypat
         Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(gen / f"{i}.png")
     monkeypatch.setenv("SID2VIDEO_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.delenv("SID2VIDEO_FID_WEIGHTS", raising=False)
-    err = error(["--samples", str(gen), "--dataset", "digits", "--data-dir", str(images), "--resolution", "16",
+    err = error(["--samples", str(gen), "--dataset", "digits", "--data_dir", str(images), "--resolution", "16",
                  "--split", "val", "--metric", "fid"])
     assert "pt_inception-2015-12-05" in err
 

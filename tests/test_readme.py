@@ -43,7 +43,7 @@ def _concrete(command: str, *, data: dict, tmp: pathlib.Path, spec: list[str]) -
         "/data/kinetics600": str(data["video"]), "/data/k600_prepared": str(tmp / "k600_prepared"),
         "runs/k600": str(tmp / "runs" / "k600"), "renders/": str(tmp / "renders") + "/",
         "--config.train.batch_size=256": "--config.train.batch_size=8",
-        "--num 64": "--num 8", "--steps 128": "--steps 8", "--num-samples 50000": "--num-samples 2",
+        "--num 64": "--num 8", "--sampler_steps 128": "--sampler_steps 8", "--num_samples 50000": "--num_samples 2",
     }
     for old, new in subs.items():
         command = command.replace(old, new)
@@ -76,8 +76,8 @@ PLAN = {
     "sid2video train ... --config.train.fsdp=8 --config.train.grad_accum_steps=4": "session",
     "sid2video train ... --distributed": "session",
     "sid2video train ... --coordinator_address=127.0.0.1:1234 --num_processes=2 --process_id=0": "processes",
-    "sid2video sample --workdir runs/k600 --num 64 --method addim --steps 128": "session",
-    "sid2video evaluate --workdir runs/k600 --metric fvd --num-samples 50000 --protocol kinetics600":
+    "sid2video sample --workdir runs/k600 --num 64 --method addim --sampler_steps 128": "session",
+    "sid2video evaluate --workdir runs/k600 --metric fvd --num_samples 50000 --protocol kinetics600":
         "tests/test_shipped_configs.py evaluates the two-process Kinetics600 run with these flags",
     "sid2video render --workdir runs/k600 --out renders/ --format mp4,gif": "session",
 }
@@ -104,7 +104,7 @@ def test_readme_commands_run_as_printed(data, tmp_path):
     for command in commands:
         argv = _concrete(command, data=data, tmp=tmp_path, spec=spec)
         if argv[0] == "train":  # the first runs 1 step; each next one resumes and adds one
-            argv += ["--steps", str(1 + sum(a[0] == "train" for a in argvs))]
+            argv += ["--train_steps", str(1 + sum(a[0] == "train" for a in argvs))]
         argvs.append(argv)
     # `--distributed` asks JAX to find its peers: here a one-task SLURM job on this machine. JAX
     # joins a distributed run before its first computation, so that command starts a new process.
@@ -127,7 +127,7 @@ def test_readme_multi_process_command(data, tmp_path):
     spec = _spec(tmp_path, data, batch=4)
     port = shipped.free_port()
     argv = _concrete(command.replace("127.0.0.1:1234", f"127.0.0.1:{port}"), data=data, tmp=tmp_path,
-                     spec=spec) + ["--steps", "1"]
+                     spec=spec) + ["--train_steps", "1"]
     assert "--process_id=0" in argv
     per_process = [[[a.replace("--process_id=0", f"--process_id={pid}") for a in argv]] for pid in range(2)]
     shipped.run_process_group(per_process, tmp_path)

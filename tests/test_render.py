@@ -193,7 +193,7 @@ def test_cli_renders_latest_or_chosen_step(tmp_path, capsys):
     _write_npz(wd / "samples" / "step_10.npz", t=4)  # latest by number, not by name
     out = tmp_path / "renders"
     assert cli.main(["render", "--workdir", str(wd), "--out", str(out), "--format", "mp4,png",
-                     "--fps", "4", "--no-per-clip"]) == 0
+                     "--fps", "4", "--no_per_clip"]) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed
     assert sorted(p.name for p in out.iterdir()) == ["step_10_grid.mp4", "step_10_grid.png"]

@@ -20,11 +20,11 @@ import pytest
 from flax import nnx
 
 import shipped
-from sid2video import checkpoint, cli
+from sid2video import checkpoint, config as config_lib
 
 
 # Sampling keeps the config's method, guidance weight and interval, variance and clipping; only the
-# number of steps is cut (as `--steps` lets a user), so 512-step DDPM stays cheap on a CPU.
+# number of steps is cut (as `--sampler_steps` lets a user), so 512-step DDPM stays cheap on a CPU.
 SAMPLER_STEPS = 8
 
 
@@ -44,7 +44,7 @@ def test_every_config_file_declares_its_variants():
     found = shipped.variants()
     assert ("kinetics600", "small") in found and ("imagenet512", "flop_heavy") in found
     for name, variant in found:
-        config = cli.load_config_file(shipped.CONFIGS / f"{name}.py", variant)
+        config = config_lib.load(f"{shipped.CONFIGS / name}.py:{variant}")
         assert "model" in config and "train" in config
 
 
@@ -68,24 +68,24 @@ def _commands(name, variant, config, data, tmp_path, *, data_parallel: bool):
             "--config.train.batch_size=4", "--config.train.checkpoint_every=1", "--config.train.log_every=1"]
     fsdp = ["--config.train.fsdp=2", "--config.train.grad_accum_steps=2", "--config.train.fsdp_min_params=64"]
     run = str(tmp_path / "run")
-    evaluate = ["evaluate", "--workdir", run, "--num-samples", "2", "--batch-size", "2", "--no-progress",
-                "--steps", str(SAMPLER_STEPS)]
+    evaluate = ["evaluate", "--workdir", run, "--num_samples", "2", "--batch_size", "2", "--no_progress",
+                "--sampler_steps", str(SAMPLER_STEPS)]
     if video:
-        evaluate += ["--metric", "fvd", "--no-baseline-fvd"]
+        evaluate += ["--metric", "fvd", "--no_baseline_fvd"]
     else:
-        evaluate += ["--metric", "fid", "--fid-weights", str(data["fid_weights"])]
+        evaluate += ["--metric", "fid", "--fid_weights", str(data["fid_weights"])]
     commands = [
         # FSDP over both devices (the batch split over both as well) with gradient accumulation, 2
         # steps; the step-2 checkpoint is then taken away (a preempted run) and the run resumes
         # from step 1. Its model samples and is evaluated FSDP-sharded.
-        ["train", *spec, *fsdp, "--workdir", run, "--steps", "2"],
+        ["train", *spec, *fsdp, "--workdir", run, "--train_steps", "2"],
         ["@move", f"{run}/checkpoints/2", str(tmp_path / "whole" / "checkpoints" / "2")],
-        ["train", *spec, *fsdp, "--workdir", run, "--steps", "2"],
-        ["sample", "--workdir", run, "--num", "2", "--steps", str(SAMPLER_STEPS)],
+        ["train", *spec, *fsdp, "--workdir", run, "--train_steps", "2"],
+        ["sample", "--workdir", run, "--num", "2", "--sampler_steps", str(SAMPLER_STEPS)],
         evaluate,
     ]
     if data_parallel:  # replicated parameters, the batch over both devices
-        commands.append(["train", *spec, "--workdir", str(tmp_path / "dp"), "--steps", "1"])
+        commands.append(["train", *spec, "--workdir", str(tmp_path / "dp"), "--train_steps", "1"])
     return commands
 
 
@@ -95,7 +95,7 @@ def _commands(name, variant, config, data, tmp_path, *, data_parallel: bool):
 def test_shipped_config_trains_resumes_samples_and_evaluates(name, variant, data, tmp_path):
     if not (shipped.full_matrix() or (name, variant) in shipped.CI_VARIANTS):
         pytest.skip("in the full matrix: make test-shipped (SID2VIDEO_SHIPPED_FULL=1)")
-    config = cli.load_config_file(shipped.CONFIGS / f"{name}.py", variant)
+    config = config_lib.load(f"{shipped.CONFIGS / name}.py:{variant}")
     # Plain data parallelism compiles one more train step per variant: the full matrix runs it
     # (the two-process test trains the Kinetics600 structure data parallel in the suite).
     data_parallel = shipped.full_matrix()
@@ -156,21 +156,21 @@ def test_kinetics600_structure_on_two_processes(data, tmp_path):
     127.0.0.1, one CPU device each, each reading its share of the data): train data parallel with
     gradient accumulation, lose the newest checkpoint and resume to the same
     parameters, then sample and evaluate with the README's flags."""
-    config = cli.load_config_file(shipped.CONFIGS / "kinetics600.py", "small")
+    config = config_lib.load(f"{shipped.CONFIGS}/kinetics600.py:small")
     run = str(tmp_path / "run")
     spec = ["--config", "configs/kinetics600.py:small", *shipped.shrink_flags(config),
             f"--config.data.data_dir={data['video']}", "--config.train.batch_size=4",
             "--config.train.checkpoint_every=1", "--config.train.log_every=1",
             "--config.train.grad_accum_steps=2"]
     commands = [
-        ["train", *spec, "--workdir", run, "--steps", "2"],
+        ["train", *spec, "--workdir", run, "--train_steps", "2"],
         ["@move", f"{run}/checkpoints/2", str(tmp_path / "whole" / "checkpoints" / "2")],
-        ["train", *spec, "--workdir", run, "--steps", "2"],
-        # README: sample --num 64 --method addim --steps 128; evaluate --metric fvd
-        # --num-samples 50000 --protocol kinetics600 (counts cut to the tiny data).
-        ["sample", "--workdir", run, "--num", "2", "--method", "addim", "--steps", str(SAMPLER_STEPS)],
-        ["evaluate", "--workdir", run, "--metric", "fvd", "--num-samples", "2", "--protocol", "kinetics600",
-         "--batch-size", "1", "--no-progress", "--steps", str(SAMPLER_STEPS), "--no-baseline-fvd"],
+        ["train", *spec, "--workdir", run, "--train_steps", "2"],
+        # README: sample --num 64 --method addim --sampler_steps 128; evaluate --metric fvd
+        # --num_samples 50000 --protocol kinetics600 (counts cut to the tiny data).
+        ["sample", "--workdir", run, "--num", "2", "--method", "addim", "--sampler_steps", str(SAMPLER_STEPS)],
+        ["evaluate", "--workdir", run, "--metric", "fvd", "--num_samples", "2", "--protocol", "kinetics600",
+         "--batch_size", "1", "--no_progress", "--sampler_steps", str(SAMPLER_STEPS), "--no_baseline_fvd"],
     ]
     shipped.run_processes(commands, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -218,9 +218,9 @@ def test_bad_input_on_two_devices_is_one_clear_line(tmp_path):
 
 
 def _shrunk_kinetics600(**overrides):
-    config = cli.load_config_file(shipped.CONFIGS / "kinetics600.py", "small")
-    items = [f.removeprefix("--config.") for f in shipped.shrink_flags(config)]
-    cli.apply_overrides(config, items + [f"{k}={v!r}" for k, v in overrides.items()], "test")
+    config = config_lib.load(f"{shipped.CONFIGS}/kinetics600.py:small")
+    items = [tuple(f.removeprefix("--config.").split("=", 1)) for f in shipped.shrink_flags(config)]
+    config_lib.override(config, items + [(k, v if isinstance(v, str) else repr(v)) for k, v in overrides.items()])
     return config
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from sid2video import checkpoint as ckpt
+from sid2video import config
 from sid2video import train
 from train_worker import Batches, global_batch, tiny_config
 
@@ -228,12 +229,12 @@ def test_bad_config_values_are_named():
         train.Trainer(cfg)
 
 
-@pytest.mark.parametrize("decay", train.LR_DECAYS)
+@pytest.mark.parametrize("decay", config.LR_DECAYS)
 @pytest.mark.parametrize("warmup", [0, 10])
 def test_learning_rate_schedules_follow_their_closed_forms(decay, warmup):
     peak, total = 2e-3, 110
     schedule = train.learning_rate_schedule(
-        train.TrainConfig(learning_rate=peak, warmup_steps=warmup, num_steps=total, lr_decay=decay))
+        config.TrainConfig(learning_rate=peak, warmup_steps=warmup, num_steps=total, lr_decay=decay))
 
     def expected(step):
         if step < warmup:
@@ -248,6 +249,6 @@ def test_learning_rate_schedules_follow_their_closed_forms(decay, warmup):
 
 def test_bad_learning_rate_decay_is_named():
     with pytest.raises(ValueError, match=r"config.train.lr_decay='exp' is invalid: choose one of 'none', 'cosine', 'linear'"):
-        train.TrainConfig(lr_decay="exp")
+        config.TrainConfig(lr_decay="exp")
     with pytest.raises(ValueError, match=r"train.warmup_steps=100 < train.num_steps=100"):
-        train.TrainConfig(lr_decay="cosine", warmup_steps=100, num_steps=100)
+        config.TrainConfig(lr_decay="cosine", warmup_steps=100, num_steps=100)

@@ -19,11 +19,12 @@ import pathlib
 import sys
 from typing import Sequence
 
+from sid2video import flags
 from sid2video.data import convert_images, convert_videos, kinetics, prepared, synthetic
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sid2video prepare", description=__doc__.split("\n\n")[0])
+    p = flags.Parser(prog="sid2video prepare", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
 
     k = sub.add_parser("kinetics600", help="Kinetics-layout video folders -> array_record (MP4 bytes per video)")
@@ -31,18 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, help="TFDS data_dir to write <name>/1.0.0 into")
     k.add_argument("--split", action="append", help="split to prepare (repeatable); default: all found")
     k.add_argument("--name", default="kinetics600", help="dataset name (default kinetics600)")
-    k.add_argument("--videos-per-shard", type=int, default=256)
+    k.add_argument("--videos_per_shard", type=int, default=256)
     k.add_argument("--workers", type=int, default=4, help="threads reading and probing videos")
     k.add_argument("--restart", action="store_true", help="discard an interrupted run's shards")
-    k.add_argument("--no-progress", action="store_true")
+    k.add_argument("--no_progress", action="store_true")
 
     ix = sub.add_parser("index", help="build (or refresh) the cached folder index of a Kinetics-layout split")
     ix.add_argument("--src", required=True)
     ix.add_argument("--split", action="append", help="default: all of train/val/test found")
-    ix.add_argument("--cache-dir", default=None, help="where to cache it when --src is read-only")
+    ix.add_argument("--cache_dir", default=None, help="where to cache it when --src is read-only")
     ix.add_argument("--workers", type=int, default=None, help="threads probing videos")
     ix.add_argument("--refresh", action="store_true")
-    ix.add_argument("--no-progress", action="store_true")
+    ix.add_argument("--no_progress", action="store_true")
 
     im = sub.add_parser("image_folder", help="<split>/<class>/<image> folders -> array_record")
     im.add_argument("--src", required=True)
@@ -50,10 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("--name", required=True, help="dataset name, e.g. imagenet2012 or digits")
     im.add_argument("--split", action="append")
     im.add_argument("--version", default=prepared.VERSION)
-    im.add_argument("--images-per-shard", type=int, default=1024)
+    im.add_argument("--images_per_shard", type=int, default=1024)
     im.add_argument("--workers", type=int, default=4)
     im.add_argument("--restart", action="store_true")
-    im.add_argument("--no-progress", action="store_true")
+    im.add_argument("--no_progress", action="store_true")
 
     synthetic.add_commands(sub)
     return p

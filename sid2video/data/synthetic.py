@@ -316,8 +316,8 @@ def _progress(total: int, desc: str, enabled: bool):
 # --------------------------------------------------------------------------------------------
 # `sid2video prepare moving_digits` and `sid2video prepare digit_images`
 
-_MD_FLAGS = {"num_frames": "--num-frames", "height": "--height", "width": "--width",
-             "digit_size": "--digit-size", "num_digits": "--num-digits"}
+_MD_FLAGS = {"num_frames": "--num_frames", "height": "--height", "width": "--width",
+             "digit_size": "--digit_size", "num_digits": "--num_digits"}
 
 
 def _command(what: str, root: pathlib.Path, seed: int, counts: Mapping[str, int], flags: dict,
@@ -356,12 +356,12 @@ def add_commands(sub) -> None:
     md.add_argument("--train", type=int, default=256)
     md.add_argument("--val", type=int, default=32)
     md.add_argument("--test", type=int, default=64)
-    md.add_argument("--num-frames", type=int, default=32)
+    md.add_argument("--num_frames", type=int, default=32)
     md.add_argument("--height", type=int, default=64)
     md.add_argument("--width", type=int, default=64)
-    md.add_argument("--digit-size", type=int, default=24)
-    md.add_argument("--num-digits", type=int, default=2)
-    md.add_argument("--no-progress", action="store_true")
+    md.add_argument("--digit_size", type=int, default=24)
+    md.add_argument("--num_digits", type=int, default=2)
+    md.add_argument("--no_progress", action="store_true")
 
     di = sub.add_parser("digit_images", help="write the embedded digit PNGs (class folders)")
     di.add_argument("--out", required=True)
@@ -369,7 +369,7 @@ def add_commands(sub) -> None:
     di.add_argument("--train", type=int, default=500)
     di.add_argument("--val", type=int, default=100)
     di.add_argument("--size", type=int, default=32)
-    di.add_argument("--no-progress", action="store_true")
+    di.add_argument("--no_progress", action="store_true")
 
 
 def run_command(args: argparse.Namespace) -> str:

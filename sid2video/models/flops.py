@@ -19,7 +19,8 @@ Elementwise work (norms, softmax, swish, adds) is not counted; at paper sizes it
 1% (B.3), at the tiny test sizes a few percent. B.3 counts every tap of a 3×3 kernel, also those
 on the zero padding; XLA counts taps inside the map only (`count_padding=False`), which differs
 by (1 − 2/(3n)) per padded axis of length n: −1% at 128², −4% for 16 frames in time. XLA's count
-of the paper configs agrees with `count_padding=False` to 0.4%. `sid2video info` prints it all:
+of the paper configs agrees with `count_padding=False` to 0.4%. `sid2video info` (sid2video/info.py)
+prints it all:
 
     sid2video info --config configs/kinetics600.py:small [--config.model.key=value ...]
 """
@@ -27,10 +28,9 @@ of the paper configs agrees with `count_padding=False` to 0.4%. `sid2video info`
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any, Mapping
 
-from sid2video.models.uvit import UViTConfig
+from sid2video.models.uvit_config import UViTConfig
 
 TRAIN_STEP_FORWARDS = 3  # SiD2 B.3 / EDM2: a training step costs three forward passes
 
@@ -199,7 +199,7 @@ def _num(x: float) -> str:
     return f"{x:,.1f}" if abs(x) >= 100 else f"{x:.4g}"
 
 
-def summary(config: Mapping[str, Any] | UViTConfig, exact_params: int | None = None) -> str:
+def summary(config: Mapping[str, Any] | UViTConfig) -> str:
     """The text `sid2video info` prints."""
     cfg = UViTConfig.from_config(config)
     fl = forward_flops(cfg)
@@ -220,9 +220,7 @@ def summary(config: Mapping[str, Any] | UViTConfig, exact_params: int | None = N
         f"patch {cfg.patch_frames}×{cfg.patch_size}×{cfg.patch_size} -> T'={cfg.tokens_t}",
         f"levels       {levels}  (R = ResBlocks, T = transformer)",
         f"temporal     conv={cfg.conv_kind}, attention={'+'.join(cfg.attention_axes)}",
-        "parameters   "
-        + (f"{exact_params:,} (exact, from eval_shape); " if exact_params is not None else "")
-        + f"{pc['total']:,} (closed form)",
+        f"parameters   {pc['total']:,} (closed form, equal to the built network's count)",
         f"forward      {_num(fl['total'] / g)} GFLOPs per example (multiply-add = 1 flop)",
         "  by part    " + ", ".join(f"{k} {_num(v / g)}" for k, v in fl.items() if k != "total"),
         f"  taps inside the map only  {_num(inside / g)} GFLOPs (XLA's convention for padding)",
@@ -234,40 +232,3 @@ def summary(config: Mapping[str, Any] | UViTConfig, exact_params: int | None = N
         f"{_num(mem.inference / gib)} GiB peak in a forward pass ({cfg.dtype})",
     ]
     return "\n".join(lines)
-
-
-def run(argv: list[str]) -> int:
-    """`sid2video info --config configs/x.py:variant [--config.key=value ...]`."""
-    from sid2video.cli import parse_flags
-    from sid2video.models import uvit
-
-    config = parse_flags("sid2video info", argv).config
-    try:
-        _validate(config)
-        exact = uvit.count_params(uvit.abstract(config.model))
-    except ValueError as err:
-        print(f"sid2video info: invalid config: {err}", file=sys.stderr)
-        return 2
-    overrides = [a for a in argv if a.startswith("--config.")]
-    print(f"config       {_config_arg(argv)} {' '.join(overrides)}".rstrip())
-    print(summary(config.model, exact))
-    return 0
-
-
-def _config_arg(argv: list[str]) -> str:
-    for i, a in enumerate(argv):
-        if a.startswith("--config="):
-            return a.split("=", 1)[1]
-        if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return ""
-
-
-def _validate(config) -> None:
-    """The repository's full check (configs.validate) when importable, else the model's."""
-    try:
-        from configs import common
-    except ImportError:
-        UViTConfig.from_config(config.model)
-        return
-    common.validate(config)

@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sid2video.models.uvit_config import CONV_KINDS
+
 Array = jax.Array
 Dtype = jnp.dtype
 
-CONV_KINDS = ("3d", "factorized", "2d")
 ATTENTION_AXES = ("space", "time", "full")
 
 _zeros = nnx.initializers.zeros_init()
