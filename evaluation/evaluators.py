@@ -15,9 +15,11 @@ reference statistics are computed at the first call, cached under `cache_dir` if
     frames = evaluators.FrameEvaluator(num_cond=config.data.num_cond_frames)
     ...
     generate = sample.Generator(model, config)          # or any fn(batch, rng) -> uint8 video
-    row = evaluators.run_all([fvd, frames], generate, clips=held_out, seed=step)   # one sampling pass
-    writer.write(step, evaluators.scalars(row))         # {'fvd': ..., 'psnr': ..., 'ssim': ...}
+    rows = evaluators.run_all([fvd, frames], generate, clips=held_out, seed=step)   # one sampling pass
+    writer.write(step, evaluators.scalars(*rows))       # {'fvd': ..., 'psnr': ..., 'ssim': ...}
 
+Evaluation sits above the trainer in the layers, so the trainer module does not import this one:
+the entry point that owns both builds the evaluators and hands the loop a callback that runs them.
 `run_all` drives one pass (sampling is the expensive part) and feeds every evaluator; a single
 evaluator's `run(x)` is `run_all([self], x)`. Each process feeds its own rows; the results are
 merged over processes, identical on all.
@@ -34,9 +36,13 @@ from evaluation import clips as clips_lib
 from evaluation import frechet, fvd, metrics
 
 __all__ = ["Evaluator", "FVD", "FID", "FrameEvaluator", "Counter", "run_all", "scalars", "load_network",
-           "evaluate_sets"]
+           "evaluate_sets", "Interrupted", "Strips"]
 
 Generator = Callable[[Mapping[str, np.ndarray], jax.Array], np.ndarray]
+
+
+class Interrupted(RuntimeError):
+    """`run_all` stopped at a batch boundary because `stop()` said so (e.g. on SIGTERM)."""
 
 
 class Evaluator:
@@ -223,6 +229,29 @@ class FrameEvaluator(Evaluator):
         return out
 
 
+class Strips(Evaluator):
+    """The first `num` real rows as (truth [n, T, H, W, C] or None, generated [n, T, H, W, C]), for
+    sample strips; truth is dropped when not `paired` (e.g. image models, whose truth is unrelated)."""
+
+    def __init__(self, num: int, paired: bool):
+        self.num, self.paired = num, paired
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: list[tuple[np.ndarray | None, np.ndarray]] = []
+
+    def update(self, truth_BTHWC, generated_BTHWC, valid_B) -> None:
+        for r in np.flatnonzero(valid_B)[:max(0, self.num - len(self.rows))]:
+            truth = truth_BTHWC[r] if (self.paired and truth_BTHWC is not None) else None
+            self.rows.append((truth, generated_BTHWC[r]))
+
+    def result(self):
+        if not self.rows:
+            return None
+        truth = None if self.rows[0][0] is None else np.stack([t for t, _ in self.rows])
+        return truth, np.stack([g for _, g in self.rows])
+
+
 # ----------------------------------------------------------------------------------------------
 # One pass over a generator or over samples.
 
@@ -266,10 +295,11 @@ def _from_samples(samples, num_samples: int | None, batch_size: int, progress: b
 
 def run_all(evaluators: Sequence[Evaluator], generator_or_samples, *, clips: clips_lib.EvalClips | None = None,
             seed: int = 0, batch_size: int | None = None, num_samples: int | None = None, progress: bool = False,
-            desc: str = "samples") -> list[dict[str, Any]]:
+            desc: str = "samples", stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
     """Feeds one pass over a generator (on `clips`) or over samples to every evaluator; their results.
 
-    num_samples: with samples, how many of them (default all).
+    num_samples: with samples, how many of them (default all). stop: read after every batch; when it
+    returns True the pass ends there with `Interrupted` (every process must get the same answer).
     """
     for ev in evaluators:
         ev.reset()
@@ -280,9 +310,14 @@ def run_all(evaluators: Sequence[Evaluator], generator_or_samples, *, clips: cli
     else:
         size = batch_size or (clips.batch_size if clips is not None else 8)
         stream = _from_samples(generator_or_samples, num_samples, size, progress, desc)
-    for truth, generated, valid in stream:
+    for i, (truth, generated, valid) in enumerate(stream):
         for ev in evaluators:
             ev.update(truth, generated, valid)
+        if stop is not None and stop():
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+            raise Interrupted(f"stopped after batch {i + 1} of {desc}")
     return [ev.result() for ev in evaluators]
 
 

@@ -32,13 +32,12 @@ import time
 from typing import Any, Mapping, Sequence
 
 import jax
-import numpy as np
 
 from evaluation import clips as clips_lib
-from evaluation import evaluators, fvd, metrics, references, runs
+from evaluation import evaluators, fvd, metrics, progress, references, runs
 from evaluation import samples as samples_lib
-from evaluation.protocols import METRICS, PROTOCOLS, Protocol, expectation_notes, is_preset, protocol_record, \
-    resolve_protocol
+from evaluation.protocols import METRICS, PROTOCOLS, Protocol, check_metric, expectation_notes, is_preset, \
+    protocol_record, resolve_protocol
 
 log = logging.getLogger("sid2video.evaluate")
 
@@ -118,17 +117,6 @@ class _Plan:
 # ----------------------------------------------------------------------------------------------
 # The run, its config and the data.
 
-def _check_metric(proto: Protocol, num_frames: int, num_cond: int) -> None:
-    if proto.metric == "fvd" and num_frames == 1:
-        raise ValueError("FVD needs video; this dataset has single images (num_frames=1): use --metric fid")
-    if proto.metric == "fid" and num_frames > 1:
-        raise ValueError(f"FID measures images; this dataset has {num_frames}-frame clips: use --metric fvd")
-    if proto.metric == "frames" and not num_cond:
-        raise ValueError("frame metrics (PSNR/SSIM) need a frame-prediction model (num_cond_frames > 0)")
-    if proto.metric == "fvd":
-        fvd.check_clip(num_frames, num_cond, proto.cond_frames_in_fvd)
-
-
 def _plan(workdir: pathlib.Path | None, s: Settings) -> _Plan:
     """Resolves the settings against the run and the data; every input error is raised here."""
     if s.batch_size < 1:
@@ -147,7 +135,7 @@ def _plan(workdir: pathlib.Path | None, s: Settings) -> _Plan:
                              split=s.split, num_samples=s.num_samples, fvd_resolution=s.fvd_resolution,
                              cond_frames_in_fvd=s.cond_frames_in_fvd, seed=s.seed,
                              reference_samples=s.reference_samples, subset_seed=s.subset_seed)
-    _check_metric(proto, num_frames, num_cond)
+    check_metric(proto, num_frames, num_cond)
     if loaded is not None and proto.num_samples is None:
         proto.num_samples = len(loaded["sample"])
     clips = clips_lib.EvalClips(data, split=proto.split, num_samples=proto.num_samples, batch_size=s.batch_size,
@@ -225,56 +213,41 @@ def _result_record(plan: _Plan, s: Settings, reference: dict | None) -> dict[str
 # ----------------------------------------------------------------------------------------------
 # The checkpoint loop.
 
-class _Strips(evaluators.Evaluator):
-    """The first rows of (truth, generated) for the report's strips; truth dropped when not paired."""
-
-    def __init__(self, num: int, paired: bool):
-        self.num, self.paired = num, paired
-        self.reset()
-
-    def reset(self) -> None:
-        self.rows: list[tuple[np.ndarray | None, np.ndarray]] = []
-
-    def update(self, truth_BTHWC, generated_BTHWC, valid_B) -> None:
-        for r in np.flatnonzero(valid_B)[:max(0, self.num - len(self.rows))]:
-            truth = truth_BTHWC[r] if (self.paired and truth_BTHWC is not None) else None
-            self.rows.append((truth, generated_BTHWC[r]))
-
-    def result(self):
-        if not self.rows:
-            return None
-        truth = None if self.rows[0][0] is None else np.stack([t for t, _ in self.rows])
-        return truth, np.stack([g for _, g in self.rows])
-
-
-def _measure(plan: _Plan, s: Settings, frechet, source, *, first: bool, desc: str):
+def _measure(plan: _Plan, s: Settings, frechet, source, *, first: bool, desc: str, stop=None):
     """One pass over a generator or the loaded samples: (entry, strip, baseline frame metrics or None)."""
     paired = plan.num_cond > 0 if plan.loaded is None else plan.loaded.get("truth") is not None
     frames = evaluators.FrameEvaluator(num_cond=plan.num_cond) if plan.num_cond else None
     base = evaluators.FrameEvaluator(num_cond=plan.num_cond, baseline=True) if (first and frames) else None
-    named = {"count": evaluators.Counter(), "strip": _Strips(s.num_strips, paired), "frechet": frechet,
+    named = {"count": evaluators.Counter(), "strip": evaluators.Strips(s.num_strips, paired), "frechet": frechet,
              "frames": frames, "baseline": base}
     named = {k: v for k, v in named.items() if v is not None}
     out = dict(zip(named, evaluators.run_all(
         list(named.values()), source, clips=plan.clips, seed=plan.proto.seed, batch_size=s.batch_size,
-        num_samples=plan.clips.num_samples, progress=s.progress, desc=desc)))
+        num_samples=plan.clips.num_samples, progress=s.progress, desc=desc, stop=stop)))
     entry = {**out["count"], **out.get("frechet", {}), **out.get("frames", {})}
     return entry, out["strip"], out.get("baseline")
 
 
-def _evaluate_checkpoints(plan: _Plan, s: Settings, frechet, result: dict, strips: dict) -> dict | None:
-    """Every requested checkpoint: restore, generate, measure; the baseline's frame metrics."""
+def _evaluate_checkpoints(plan: _Plan, s: Settings, frechet, result: dict, strips: dict, done: progress.Progress,
+                          stop) -> dict | None:
+    """Every requested checkpoint not `done` yet: restore, generate, measure, record; returns the
+    baseline's frame metrics (measured with the first checkpoint evaluated)."""
     from sid2video import checkpoint as ckpt
 
-    generator, baseline = None, None
-    for k, step in enumerate(plan.steps):
+    generator, baseline = None, done.baseline
+    for step in plan.steps:
+        if done.done(step) is not None:
+            result["checkpoints"].append(done.done(step))
+            continue
         t0 = time.perf_counter()
         model, run_config, step = ckpt.load_model(plan.workdir, step, ema=s.ema)
         generator = runs.generator_for(generator, model, runs.apply_sampler(run_config, s.sampler))
-        entry, strip, base = _measure(plan, s, frechet, generator, first=k == 0, desc=f"step {step}")
-        baseline = base if k == 0 else baseline
+        entry, strip, base = _measure(plan, s, frechet, generator, first=baseline is None, desc=f"step {step}",
+                                      stop=stop)
+        baseline = baseline if baseline is not None else base
         entry = {"step": int(step), **entry, "seconds": time.perf_counter() - t0}
         result["checkpoints"].append(entry)
+        done.add(entry, baseline)
         if strip is not None:
             strips[f"step_{step}"] = strip
         if clips_lib.is_lead():
@@ -282,10 +255,36 @@ def _evaluate_checkpoints(plan: _Plan, s: Settings, frechet, result: dict, strip
     return baseline
 
 
+def _measure_all(plan: _Plan, s: Settings, frechet, result: dict, out_dir: pathlib.Path, strips: dict):
+    """The checkpoints (or the samples), stopping at a batch boundary on SIGTERM / SIGINT; the
+    baseline's frame metrics. A stopped run records what it finished and says how to resume."""
+    done = progress.Progress(out_dir if s.write else None, result["protocol"], str(plan.workdir or s.samples))
+    baseline = done.baseline
+    with progress.StopOnSignal() as stop:
+        try:
+            if plan.loaded is not None:
+                entry, strip, baseline = _measure(plan, s, frechet, plan.loaded, first=True, desc="samples",
+                                                  stop=stop)
+                result["checkpoints"].append({"step": None, **entry})
+                if strip is not None:
+                    strips["samples"] = strip
+            else:
+                baseline = _evaluate_checkpoints(plan, s, frechet, result, strips, done, stop)
+            done.finish()
+        except evaluators.Interrupted as err:
+            baseline = baseline if baseline is not None else done.baseline
+            result["interrupted"] = True
+            result["notes"].append(f"interrupted ({err}) after {len(result['checkpoints'])} of "
+                                   f"{max(1, len(plan.steps))} evaluations; the same command resumes it")
+    return baseline
+
+
 def evaluate(workdir=None, settings: Settings | None = None, **overrides) -> dict[str, Any]:
     """Evaluates checkpoints of a training run (or generated samples given by path); returns the result.
 
     settings: a `Settings`; keyword arguments replace its fields (evaluate(run, metric="fvd", ...)).
+    SIGTERM / SIGINT stop it at a batch boundary: the result so far is written with
+    result['interrupted'] True, and the same call again resumes (progress.py).
     """
     t_start = time.perf_counter()
     s = dataclasses.replace(settings or Settings(), **overrides)
@@ -295,15 +294,10 @@ def evaluate(workdir=None, settings: Settings | None = None, **overrides) -> dic
     plan = _plan(workdir, s)
     frechet, reference = _frechet(plan, s, workdir)
     result = _result_record(plan, s, reference)
+    out_dir = pathlib.Path(s.out) if s.out is not None else (
+        (workdir / "eval") if workdir is not None else pathlib.Path(s.samples).parent / "eval")
     strips: dict[str, Any] = {}
-    if plan.loaded is not None:
-        entry, strip, baseline = _measure(plan, s, frechet, plan.loaded, first=True, desc="samples")
-        result["samples"] = plan.loaded["source"]
-        result["checkpoints"].append({"step": None, **entry})
-        if strip is not None:
-            strips["samples"] = strip
-    else:
-        baseline = _evaluate_checkpoints(plan, s, frechet, result, strips)
+    baseline = _measure_all(plan, s, frechet, result, out_dir, strips)
     if plan.num_cond:
         base = {"name": "copy-last-frame", "description": "every predicted frame is the last conditioning frame"}
         base.update(baseline or {})
@@ -314,8 +308,6 @@ def evaluate(workdir=None, settings: Settings | None = None, **overrides) -> dic
     if s.write and clips_lib.is_lead():
         from evaluation import report
 
-        out_dir = pathlib.Path(s.out) if s.out is not None else (
-            (workdir / "eval") if workdir is not None else pathlib.Path(s.samples).parent / "eval")
         result["files"] = report.write_report(out_dir, result, strips=strips, num_cond=plan.num_cond,
                                               title=str(workdir or s.samples))
     return result
@@ -445,4 +437,7 @@ def run(argv: Sequence[str]) -> int:
         from evaluation import report
 
         print(report.summary(result))
+    if result.get("interrupted"):
+        print("sid2video evaluate: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     return 0

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-__all__ = ["METRICS", "PROTOCOLS", "Protocol", "resolve_protocol", "protocol_record", "is_preset"]
+__all__ = ["METRICS", "PROTOCOLS", "Protocol", "resolve_protocol", "protocol_record", "is_preset", "check_metric",
+           "expectation_notes"]
 
 METRICS = ("fvd", "fid", "frames")
 
@@ -123,3 +124,17 @@ def expectation_notes(proto: Protocol, have: Mapping[str, Any]) -> list[str]:
     return [f"the {proto.name} protocol assumes " + ", ".join(
         f"{k}={v[1]} (this run: {v[0]})" for k, v in off.items()) + "; the numbers are not comparable "
         "with the published ones"]
+
+
+def check_metric(proto: Protocol, num_frames: int, num_cond: int) -> None:
+    """ValueError when the metric does not fit the data (FVD of images, FID of video, ...)."""
+    if proto.metric == "fvd" and num_frames == 1:
+        raise ValueError("FVD needs video; this dataset has single images (num_frames=1): use --metric fid")
+    if proto.metric == "fid" and num_frames > 1:
+        raise ValueError(f"FID measures images; this dataset has {num_frames}-frame clips: use --metric fvd")
+    if proto.metric == "frames" and not num_cond:
+        raise ValueError("frame metrics (PSNR/SSIM) need a frame-prediction model (num_cond_frames > 0)")
+    if proto.metric == "fvd":
+        from evaluation import fvd
+
+        fvd.check_clip(num_frames, num_cond, proto.cond_frames_in_fvd)

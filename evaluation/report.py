@@ -240,15 +240,9 @@ def _cond_line(p: Mapping[str, Any]) -> str:
     return f"**no**: FVD sees only the {seen} predicted frames (the {c} conditioning frames are cut off)"
 
 
-def markdown(result: Mapping[str, Any], figures: Mapping[str, str], strips: Mapping[str, str],
-             title: str = "", paired: bool = True) -> str:
-    """The Markdown report; `paired`: the strips show ground truth above each sample."""
+def _protocol_rows(result: Mapping[str, Any], metric: str) -> list[tuple[str, Any]]:
+    """The protocol table of the report: (name, value) rows."""
     p = result.get("protocol", {})
-    metric = result.get("metric", "fvd")
-    mname = _NAMES.get(metric, metric)
-    lines = [f"# Evaluation{': ' + title if title else ''}", ""]
-    if p.get("description"):
-        lines += [f"Protocol **{p.get('name')}**: {p['description']}.", ""]
     res = p.get("resolution")
     clip = f"{p.get('num_frames')} frame{'s' if (p.get('num_frames') or 1) > 1 else ''} at {res}²" \
         if not isinstance(res, (list, tuple)) else f"{p.get('num_frames')} frames at {res[0]}×{res[1]}"
@@ -288,6 +282,19 @@ def markdown(result: Mapping[str, Any], figures: Mapping[str, str], strips: Mapp
                                              f"`{ref.get('cache_file')}`"))
     if result.get("samples"):
         rows.append(("generated samples", f"`{result['samples']}`"))
+    return rows
+
+
+def markdown(result: Mapping[str, Any], figures: Mapping[str, str], strips: Mapping[str, str],
+             title: str = "", paired: bool = True) -> str:
+    """The Markdown report; `paired`: the strips show ground truth above each sample."""
+    p = result.get("protocol", {})
+    metric = result.get("metric", "fvd")
+    mname = _NAMES.get(metric, metric)
+    lines = [f"# Evaluation{': ' + title if title else ''}", ""]
+    if p.get("description"):
+        lines += [f"Protocol **{p.get('name')}**: {p['description']}.", ""]
+    rows = _protocol_rows(result, metric)
     lines += ["## Protocol", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
 
     # Results table.

@@ -3,6 +3,9 @@ files, set-against-set FVD, and the command line's errors."""
 
 import json
 import math
+import os
+import signal
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -363,3 +366,40 @@ def test_single_clip_of_black_predictions_gives_strict_json(data_dir, val_clips,
     np.testing.assert_allclose(entry["psnr_per_frame"], np.minimum(want, metrics.PSNR_CAP_DB), rtol=1e-5)
     assert all(math.isfinite(v) for v in saved["baseline"]["psnr_per_frame"] + saved["baseline"]["ssim_per_frame"])
     assert result["conventions"]["psnr"] == metrics.PSNR_CONVENTION
+
+
+def test_a_signal_stops_evaluate_at_a_batch_boundary_and_a_rerun_resumes(run, tmp_path):
+    """SIGTERM (sent from another thread) during step 2's batch: evaluate writes step 1 and stops; the
+    same call again computes only step 2 (reference statistics cached, step 1 kept) and gives the
+    numbers of an uninterrupted evaluation."""
+
+    class SignalNet(CountingNet):
+        def __call__(self, x):
+            out = super().__call__(x)
+            if self.calls == 4:   # reference, baseline, step 1, then step 2's batch
+                sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+                sender.start()
+                sender.join()
+            return out
+
+    kw = dict(metric="fvd", num_samples=2, batch_size=3, feature_dim=DIM, cache_dir=tmp_path / "cache",
+              checkpoint="all", progress=False)
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = harness.evaluate(run, feature_net=SignalNet(), out=tmp_path / "eval", **kw)
+    assert signal.getsignal(signal.SIGTERM) is before                      # the handler is put back
+    assert stopped["interrupted"] and [c["step"] for c in stopped["checkpoints"]] == [1]
+    saved = _strict_json(tmp_path / "eval" / "result.json")
+    assert saved["interrupted"] and "the same command resumes it" in saved["notes"][-1]
+    assert (tmp_path / "eval" / "progress.json").is_file()
+
+    net = CountingNet()
+    resumed = harness.evaluate(run, feature_net=net, out=tmp_path / "eval", **kw)
+    assert net.calls == 1 and resumed["reference"]["cache_hit"]            # step 2's batch only
+    assert "interrupted" not in resumed and [c["step"] for c in resumed["checkpoints"]] == [1, 2]
+    assert not (tmp_path / "eval" / "progress.json").exists()
+    full = harness.evaluate(run, feature_net=CountingNet(), out=tmp_path / "full", **kw)
+    for got, want in zip(resumed["checkpoints"], full["checkpoints"]):
+        assert got["fvd"] == pytest.approx(want["fvd"], rel=1e-6)
+        np.testing.assert_allclose(got["psnr_per_frame"], want["psnr_per_frame"], rtol=1e-6)
+    np.testing.assert_allclose(resumed["baseline"]["psnr_per_frame"], full["baseline"]["psnr_per_frame"], rtol=1e-9)
+    assert resumed["baseline"]["fvd"] == pytest.approx(full["baseline"]["fvd"], rel=1e-12)
