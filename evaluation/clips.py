@@ -71,11 +71,13 @@ def split_size(data: Mapping[str, Any], split: str) -> int:
                         f"{data.get('data_dir')}: {err} (pass --data-dir to point at the dataset)") from err
 
 
-def check_num_samples(data: Mapping[str, Any], split: str, num_samples: int | str | None) -> int:
-    """num_samples as a count of the split (None or 'all': the whole split); too many is an error."""
+def check_num_samples(data: Mapping[str, Any], split: str, num_samples: int | str | None, *,
+                      total: int | None = None) -> int:
+    """num_samples as a count of the split (None or 'all': the whole split of `total` records, read
+    when not given); too many is an error."""
     from sid2video.data import pipeline
 
-    n = split_size(data, split)
+    n = split_size(data, split) if total is None else int(total)
     if num_samples in (None, "all"):
         return n
     if int(num_samples) > n:
@@ -115,15 +117,10 @@ class EvalClips:
         self.data = data_config(data)
         self.split = split or default_split(self.data)
         self.split_size = split_size(self.data, self.split)
-        self.num_samples = check_num_samples(self.data, self.split, num_samples)
+        self.num_samples = check_num_samples(self.data, self.split, num_samples, total=self.split_size)
         self.batch_size = int(batch_size)
         self.subset_seed = int(subset_seed)
         self.progress = progress
-
-    def with_samples(self, num_samples: int | str | None) -> "EvalClips":
-        """The same split and subset rule with another number of clips."""
-        return EvalClips(self.data, split=self.split, num_samples=num_samples, batch_size=self.batch_size,
-                         subset_seed=self.subset_seed, progress=self.progress)
 
     @property
     def num_batches(self) -> int:

@@ -121,8 +121,8 @@ def _plan(workdir: pathlib.Path | None, s: Settings) -> _Plan:
     """Resolves the settings against the run and the data; every input error is raised here."""
     if s.batch_size < 1:
         raise ValueError(f"batch_size={s.batch_size} must be at least 1")
-    steps, config, data = runs.run_and_data(workdir, samples=s.samples, checkpoint=s.checkpoint,
-                                                 sampler=s.sampler, data=s.data, data_dir=s.data_dir)
+    steps, config, data = runs.run_and_data(workdir, samples=s.samples, checkpoint=s.checkpoint, sampler=s.sampler,
+                                            data=s.data, data_dir=s.data_dir)
     num_frames = int(data.get("num_frames", 1) or 1)
     num_cond = int(s.num_cond_frames if s.num_cond_frames is not None else data.get("num_cond_frames", 0) or 0)
     loaded = None
@@ -142,7 +142,7 @@ def _plan(workdir: pathlib.Path | None, s: Settings) -> _Plan:
                                 subset_seed=proto.subset_seed, progress=s.progress)
     n = clips.num_samples
     ref_n = n if proto.reference_samples is None else clips_lib.check_num_samples(
-        clips.data, clips.split, proto.reference_samples)
+        clips.data, clips.split, proto.reference_samples, total=clips.split_size)
     notes = []
     if loaded is not None:
         notes += samples_lib.check_against_data(loaded, source=s.samples, num_samples=n, num_frames=num_frames,
@@ -182,11 +182,11 @@ def _frechet(plan: _Plan, s: Settings, workdir) -> tuple[evaluators.Evaluator | 
 
 
 def _result_record(plan: _Plan, s: Settings, reference: dict | None) -> dict[str, Any]:
+    """The result before any checkpoint: the protocol record, the reference statistics, notes."""
+    from sid2video import checkpoint as ckpt
     from sid2video.data import pipeline
 
     c, proto = plan.clips, plan.proto
-    from sid2video import checkpoint as ckpt
-
     record = protocol_record(
         proto, dataset=pipeline.dataset_name(c.data), data_dir=c.data.get("data_dir"), split=c.split,
         num_samples=c.num_samples, split_size=c.split_size,

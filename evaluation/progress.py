@@ -29,7 +29,8 @@ __all__ = ["StopOnSignal", "Progress"]
 
 class StopOnSignal:
     """Within `with StopOnSignal() as stop:`, SIGTERM and SIGINT set a flag instead of ending the
-    process (main thread only; elsewhere the handlers stay as they are); `stop()` reads process 0's."""
+    process (a second one raises KeyboardInterrupt at once). Main thread only; elsewhere the
+    handlers stay as they are. `stop()` reads process 0's flag."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -38,6 +39,8 @@ class StopOnSignal:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
+        if self.flag:   # a second signal: stop now
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
         self.flag = True
         log.warning("%s received: stopping after this batch; run the same command again to resume",
                     signal.Signals(signum).name)
