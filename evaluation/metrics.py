@@ -3,7 +3,16 @@
 Both metrics compare a predicted frame with the true frame, on uint8 pixels (the range L = 255;
 float inputs are taken on the same [0, 255] scale), and give one number per frame:
 
-    PSNR = 10 log10(L² / MSE),  MSE = mean over H, W, C of (pred − true)²   (+inf when equal)
+    PSNR = min(10 log10(L² / MSE), 100 dB),  MSE = mean over H, W, C of (pred − true)²
+
+    The cap (`PSNR_CAP_DB`) gives an exact frame (MSE = 0, PSNR +∞) a finite value, so that a mean
+    over frames and clips stays finite: a copy-last-frame prediction of a still shot, or of a digit
+    resting against a wall, is exact. 100 dB lies above every inexact uint8 frame of up to 226 × 226
+    pixels (its smallest error, one grey level in one channel of one pixel, gives
+    10 log10(L² · H W C) dB: 77 dB at 16², 95 dB at 128²), so at these sizes the cap changes only
+    exact frames and never reorders inexact ones. Reported PSNRs are means of capped per-frame
+    values; `FrameMetrics` also counts the exact frames, which the reports state beside the mean.
+
 
     SSIM (Wang, Bovik, Sheikh & Simoncelli 2004): local statistics under an 11×11 Gaussian window
     (σ = 1.5, normalised), evaluated where the window fits inside the frame ('valid', as the
@@ -12,7 +21,8 @@ float inputs are taken on the same [0, 255] scale), and give one number per fram
         C1 = (0.01 L)², C2 = (0.03 L)²,
     then averaged over positions and channels.
 
-`psnr` and `ssim` are jnp functions (jit-able) of arrays [..., H, W, C]. `FrameMetrics`
+SSIM needs no such rule: with C1, C2 > 0 its denominator is positive, so constant and all-black
+frames get finite values (1 for identical frames). `psnr` and `ssim` are jnp functions (jit-able) of arrays [..., H, W, C]. `FrameMetrics`
 accumulates them per predicted frame index over batches on the host in float64 (padding rows
 excluded through a mask), and its sums merge across processes exactly. The copy-last-frame
 baseline predicts every future frame as the last conditioning frame: a model that has learnt
@@ -28,9 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["psnr", "ssim", "gaussian_window", "copy_last_frame", "frame_metrics", "FrameMetrics",
-           "MAX_VALUE", "SSIM_WINDOW", "SSIM_SIGMA"]
+           "MAX_VALUE", "SSIM_WINDOW", "SSIM_SIGMA", "PSNR_CAP_DB", "PSNR_CONVENTION"]
 
 MAX_VALUE = 255.0
+PSNR_CAP_DB = 100.0
+PSNR_CONVENTION = (f"mean over clips and predicted frames of each frame's PSNR, capped at {PSNR_CAP_DB:g} dB "
+                   "(an exact frame would be +∞; no inexact uint8 frame up to 226×226 reaches the cap)")
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -48,11 +61,15 @@ def _check_pair(pred, true) -> None:
         raise ValueError(f"frames must have shape [..., H, W, C], got {pred.shape}")
 
 
-def psnr(pred, true, *, max_value: float = MAX_VALUE) -> jax.Array:
-    """PSNR in dB of each frame of `pred` against `true` ([..., H, W, C] -> [...]); +inf where equal."""
+def psnr(pred, true, *, max_value: float = MAX_VALUE, cap: float | None = PSNR_CAP_DB) -> jax.Array:
+    """PSNR in dB of each frame of `pred` against `true` ([..., H, W, C] -> [...]), at most `cap`
+    (exact frames get the cap; cap=None gives +inf there)."""
     _check_pair(pred, true)
     mse = jnp.mean(jnp.square(_float(pred) - _float(true)), axis=(-3, -2, -1))
-    return 10.0 * jnp.log10(jnp.float32(max_value) ** 2 / mse)
+    value = 10.0 * jnp.log10(jnp.float32(max_value) ** 2 / mse)
+    if cap is None:
+        return value
+    return jnp.where(mse > 0, jnp.minimum(value, jnp.float32(cap)), jnp.float32(cap))
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
@@ -148,11 +165,12 @@ class FrameMetrics:
     """Per-predicted-frame means of PSNR / SSIM / MSE over clips, accumulated in float64.
 
     `update(pred, true, mask)` adds the clips whose mask is True. The mean PSNR is the mean of
-    per-clip, per-frame PSNRs (+inf if any predicted frame is exact). `to_array`/`from_array`
-    flatten the sums for a cross-process gather; `merge` adds another accumulator.
+    per-clip, per-frame capped PSNRs (`PSNR_CONVENTION`); 'exact' counts the exact frames.
+    `to_array`/`from_array` flatten the sums for a cross-process gather; `merge` adds another
+    accumulator; `merged()` is the accumulator of every process.
     """
 
-    NAMES = ("psnr", "ssim", "mse")
+    NAMES = ("psnr", "ssim", "mse", "exact")
 
     def __init__(self, num_cond: int, num_pred: int | None = None):
         self.num_cond = int(num_cond)
@@ -165,6 +183,7 @@ class FrameMetrics:
         keep = np.ones(len(values["psnr"]), bool) if mask is None else np.asarray(mask, bool)
         if keep.shape != (len(values["psnr"]),):
             raise ValueError(f"mask must have shape [{len(values['psnr'])}], got {keep.shape}")
+        values["exact"] = (values["mse"] == 0).astype(np.float64)
         self._add(int(keep.sum()), {k: v[keep].sum(axis=0) for k, v in values.items()})
         return self
 
@@ -183,7 +202,7 @@ class FrameMetrics:
         return self
 
     def to_array(self) -> np.ndarray:
-        """[count, has_ssim, psnr sums, ssim sums, mse sums] as one float64 vector."""
+        """[count, has_ssim, psnr sums, ssim sums, mse sums, exact counts] as one float64 vector."""
         if self.num_pred is None:
             raise ValueError("the accumulator does not know the number of predicted frames yet")
         z = np.zeros(self.num_pred, np.float64)
@@ -193,22 +212,34 @@ class FrameMetrics:
     @classmethod
     def from_array(cls, array, num_cond: int) -> "FrameMetrics":
         a = np.asarray(array, np.float64)
-        n = (a.shape[0] - 2) // 3
+        n = (a.shape[0] - 2) // len(cls.NAMES)
         out = cls(num_cond, n)
-        parts = dict(zip(cls.NAMES, np.split(a[2:], 3)))
+        parts = dict(zip(cls.NAMES, np.split(a[2:], len(cls.NAMES))))
         if not a[1]:
             parts.pop("ssim")
         out._add(int(round(a[0])), parts)
         return out
 
+    def merged(self, *, gather=None) -> "FrameMetrics":
+        """The accumulators of every process merged in process order (the same on all processes)."""
+        from evaluation import fvd
+
+        out = FrameMetrics(self.num_cond, self.num_pred)
+        for row in fvd.allgather_float64(self.to_array(), gather=gather):
+            out.merge(FrameMetrics.from_array(row, self.num_cond))
+        return out
+
     def result(self) -> dict:
-        """{'count', 'psnr', 'ssim', 'mse' (means over frames and clips), '<name>_per_frame' lists}."""
+        """{'count', 'psnr', 'ssim', 'mse' (means over frames and clips), '<name>_per_frame' lists,
+        'exact_frames'}: finite numbers, or None where there is nothing to average (no clips; no
+        SSIM for frames smaller than its window)."""
         out: dict = {"count": self.count}
-        for k in self.NAMES:
+        for k in self.NAMES[:3]:
             if k not in self.sums or not self.count:
                 out[k], out[f"{k}_per_frame"] = None, None
                 continue
             per_frame = self.sums[k] / self.count
             out[k] = float(np.mean(per_frame))
             out[f"{k}_per_frame"] = [float(v) for v in per_frame]
+        out["exact_frames"] = int(round(float(np.sum(self.sums["exact"])))) if "exact" in self.sums else 0
         return out

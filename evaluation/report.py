@@ -2,7 +2,8 @@
 
 `write_report(out_dir, result, strips=..., num_cond=...)` writes
 
-    result.json          the harness's result, strict JSON (non-finite numbers as "inf"/"-inf"/"nan")
+    result.json          the harness's result, strict JSON (every number finite; an undefined value
+                         is null, with the reason beside it as '<name>_na')
     report.md            the protocol (dataset, split, N, resolution, sampler, whether FVD counts the
                          conditioning frames), a results table with the copy-last-frame baseline,
                          published numbers for the protocol, the figures and the sample strips
@@ -36,7 +37,8 @@ _NAMES = {"fvd": "FVD", "fid": "FID", "psnr": "PSNR (dB)", "ssim": "SSIM", "mse"
 # JSON.
 
 def jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars/arrays to Python, non-finite floats to 'inf' / '-inf' / 'nan'."""
+    """Plain JSON values: numpy scalars/arrays to Python; a non-finite float becomes None (null), so the
+    file parses as strict JSON (the evaluators report finite numbers or None with a reason)."""
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items() if not str(k).startswith("_")}
     if isinstance(value, (list, tuple)):
@@ -46,7 +48,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return None
     if isinstance(value, pathlib.Path):
         return str(value)
     return value
@@ -60,7 +62,7 @@ def write_json(path, result: Mapping[str, Any]) -> pathlib.Path:
 
 
 def _num(value) -> float | None:
-    """A float from a result value ('inf' strings included), None when absent."""
+    """A float from a result value, None when absent or undefined."""
     if value is None:
         return None
     try:
@@ -70,14 +72,28 @@ def _num(value) -> float | None:
 
 
 def _fmt(value, digits: int = 2) -> str:
+    """A table cell: the number, or 'n/a' where it is undefined (the notes say why)."""
     v = _num(value)
-    if v is None:
-        return "–"
-    if math.isinf(v):
-        return "∞" if v > 0 else "−∞"
-    if math.isnan(v):
-        return "nan"
+    if v is None or not math.isfinite(v):
+        return "n/a"
     return f"{v:.{digits}f}"
+
+
+def _na_notes(result: Mapping[str, Any]) -> list[str]:
+    """'<metric> n/a for <row>: <reason>' for every undefined value, and the exact-frame counts."""
+    rows = [(f"step {c['step']}" if c.get("step") is not None else "the samples", c)
+            for c in result.get("checkpoints", [])]
+    if result.get("baseline"):
+        rows.append(("the copy-last-frame baseline", result["baseline"]))
+    notes = []
+    for name, row in rows:
+        for key, reason in row.items():
+            if key.endswith("_na") and reason:
+                notes.append(f"{_NAMES.get(key[:-3], key[:-3])} is n/a for {name}: {reason}")
+        if row.get("exact_frames"):
+            notes.append(f"{row['exact_frames']} predicted frame(s) of {name} equal the truth exactly; their "
+                         f"PSNR counts as the cap")
+    return notes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,7 +144,7 @@ def plot_frame_metrics(path, checkpoints: Sequence[Mapping[str, Any]], baseline:
                        *, num_cond: int = 0) -> pathlib.Path | None:
     """PSNR and SSIM per predicted frame (x: frame index in the clip) for each checkpoint and the baseline.
 
-    Infinite PSNRs (exact frames) are left out of the curve.
+    Undefined values (None) are gaps in the curve.
     """
     names = [m for m in ("psnr", "ssim") if any(c.get(f"{m}_per_frame") for c in checkpoints)
              or (baseline and baseline.get(f"{m}_per_frame"))]
@@ -173,15 +189,9 @@ def _cond_line(p: Mapping[str, Any]) -> str:
     return f"**no**: FVD sees only the {seen} predicted frames (the {c} conditioning frames are cut off)"
 
 
-def markdown(result: Mapping[str, Any], figures: Mapping[str, str], strips: Mapping[str, str],
-             title: str = "", paired: bool = True) -> str:
-    """The Markdown report; `paired`: the strips show ground truth above each sample."""
+def _protocol_rows(result: Mapping[str, Any], metric: str) -> list[tuple[str, Any]]:
+    """The protocol table of the report: (name, value) rows."""
     p = result.get("protocol", {})
-    metric = result.get("metric", "fvd")
-    mname = _NAMES.get(metric, metric)
-    lines = [f"# Evaluation{': ' + title if title else ''}", ""]
-    if p.get("description"):
-        lines += [f"Protocol **{p.get('name')}**: {p['description']}.", ""]
     res = p.get("resolution")
     clip = f"{p.get('num_frames')} frame{'s' if (p.get('num_frames') or 1) > 1 else ''} at {res}²" \
         if not isinstance(res, (list, tuple)) else f"{p.get('num_frames')} frames at {res[0]}×{res[1]}"
@@ -221,11 +231,24 @@ def markdown(result: Mapping[str, Any], figures: Mapping[str, str], strips: Mapp
                                              f"`{ref.get('cache_file')}`"))
     if result.get("samples"):
         rows.append(("generated samples", f"`{result['samples']}`"))
+    return rows
+
+
+def markdown(result: Mapping[str, Any], figures: Mapping[str, str], strips: Mapping[str, str],
+             title: str = "", paired: bool = True) -> str:
+    """The Markdown report; `paired`: the strips show ground truth above each sample."""
+    p = result.get("protocol", {})
+    metric = result.get("metric", "fvd")
+    mname = _NAMES.get(metric, metric)
+    lines = [f"# Evaluation{': ' + title if title else ''}", ""]
+    if p.get("description"):
+        lines += [f"Protocol **{p.get('name')}**: {p['description']}.", ""]
+    rows = _protocol_rows(result, metric)
     lines += ["## Protocol", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
 
     # Results table.
-    has = {m: any(_num(c.get(m)) is not None for c in result.get("checkpoints", []))
-           or _num((result.get("baseline") or {}).get(m)) is not None for m in (metric, "psnr", "ssim")}
+    has = {m: any(m in c for c in result.get("checkpoints", [])) or m in (result.get("baseline") or {})
+           for m in (metric, "psnr", "ssim")}
     cols = [m for m in ([metric] if metric in ("fvd", "fid") else []) + ["psnr", "ssim"] if has.get(m)]
     header = "| checkpoint | " + " | ".join(_NAMES[m] for m in cols) + " | N | time |"
     lines += ["## Results", "", header, "|" + "---|" * (len(cols) + 3)]
@@ -240,8 +263,11 @@ def markdown(result: Mapping[str, Any], figures: Mapping[str, str], strips: Mapp
             _fmt(base.get(m), 4 if m == "ssim" else 2) for m in cols) + f" | {p.get('num_samples')} | – |")
     lines.append("")
     if metric in ("fvd", "fid"):
-        lines += [f"Lower {mname} is better; higher PSNR / SSIM is better. PSNR and SSIM are means over clips "
-                  "and predicted frames (uint8 frames, SSIM with an 11×11 Gaussian window, σ 1.5).", ""]
+        lines += [f"Lower {mname} is better; higher PSNR / SSIM is better.", ""]
+    if "psnr" in cols:
+        psnr_rule = (result.get("conventions") or {}).get("psnr", "mean over clips and predicted frames")
+        lines += [f"PSNR: {psnr_rule}. SSIM: mean over clips and predicted frames (uint8 frames, 11×11 "
+                  "Gaussian window, σ 1.5).", ""]
     quoted = result.get("quoted")
     if quoted:
         lines += [f"Published {quoted['metric']} under this protocol (for orientation; only comparable at the "
@@ -268,9 +294,7 @@ def markdown(result: Mapping[str, Any], figures: Mapping[str, str], strips: Mapp
         lines += ["## Samples", "", caption, ""]
         for name, rel in strips.items():
             lines += [f"![{name}]({rel})", "", f"*{name.replace('_', ' ')}*", ""]
-    notes = list(result.get("notes") or [])
-    if any(c.get("ssim") is None and c.get("psnr") is not None for c in result.get("checkpoints", [])):
-        notes.append("SSIM is not reported: the frames are smaller than its 11×11 window")
+    notes = list(result.get("notes") or []) + _na_notes(result)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
@@ -285,12 +309,12 @@ def summary(result: Mapping[str, Any]) -> str:
     for c in result.get("checkpoints", []):
         name = f"step {c['step']}" if c.get("step") is not None else "samples"
         parts = [f"{_NAMES[m]} {_fmt(c.get(m), 4 if m == 'ssim' else 2)}" for m in (metric, "psnr", "ssim")
-                 if m in _NAMES and _num(c.get(m)) is not None]
+                 if m in _NAMES and m in c]
         out.append(f"  {name}: " + ", ".join(parts))
     base = result.get("baseline")
     if base:
         parts = [f"{_NAMES[m]} {_fmt(base.get(m), 4 if m == 'ssim' else 2)}" for m in (metric, "psnr", "ssim")
-                 if m in _NAMES and _num(base.get(m)) is not None]
+                 if m in _NAMES and m in base]
         out.append("  copy last frame: " + ", ".join(parts))
     files = result.get("files") or {}
     if files.get("report"):

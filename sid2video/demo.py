@@ -179,10 +179,13 @@ def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
         m = metrics.frame_metrics(video, truth, num_cond)
         err = np.linalg.norm(centroids(video[:, num_cond:]) - where[:, num_cond:], axis=-1)
         shown = digit_shown(video[:, num_cond:], truth[:, num_cond:])
-        per_frame[name] = {"psnr": m["psnr"].mean(0), "ssim": m.get("ssim", m["mse"] * np.nan).mean(0),
-                           "position_error": err.mean(0)}
-        result[name] = {"psnr": float(m["psnr"].mean()), "ssim": float(np.nanmean(per_frame[name]["ssim"])),
+        # PSNR: per-frame values capped at metrics.PSNR_CAP_DB (an exact frame is not +inf); SSIM: None
+        # (n/a) for frames smaller than its window; a frame with no bright pixel has the centre as position.
+        per_frame[name] = {"psnr": m["psnr"].mean(0), "position_error": err.mean(0)}
+        result[name] = {"psnr": float(m["psnr"].mean()),
+                        "ssim": float(m["ssim"].mean()) if "ssim" in m else None,
                         "position_error_px": float(err.mean()), "digit_shown": float(shown.mean())}
+    result["psnr_convention"] = metrics.PSNR_CONVENTION
     if fvd:
         from evaluation import fvd as fvd_lib
 
@@ -192,7 +195,8 @@ def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
         for name, video in (("model", pred), ("copy_last_frame", baseline)):
             ext = fvd_lib.FeatureExtractor(num_cond_frames=num_cond, net=ref.net)
             ext.update(video)
-            result[name]["fvd"] = fvd_lib.distance(ext.stats, ref.stats)
+            # One clip has no covariance: FVD is n/a (None); fewer clips than I3D's 400 features is finite.
+            result[name]["fvd"] = fvd_lib.distance(ext.stats, ref.stats) if len(truth) > 1 else None
         result["fvd_protocol"] = (f"I3D logits of all {t} frames (the {num_cond} conditioning frames "
                                   f"included) at {truth.shape[2]}², {len(truth)} predicted vs the same "
                                   f"{len(truth)} true clips")
@@ -233,7 +237,7 @@ def _video_report(workdir: pathlib.Path, run_dir: pathlib.Path, result: dict, pe
     for key, label in (("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"), ("position_error_px", "position error (px) ↓"),
                        ("digit_shown", "frames showing a digit ↑"), ("fvd", "FVD ↓")):
         if key in result["model"]:
-            rows.append(f"| {label} | {result['model'][key]:.3f} | {result['copy_last_frame'][key]:.3f} |")
+            rows.append(f"| {label} | {_cell(result['model'][key])} | {_cell(result['copy_last_frame'][key])} |")
     grid = [p for p in result["renders"] if p.endswith("_grid.mp4")]
     text = "\n".join([
         "# sid2video demo: moving-digits frame prediction", "",
@@ -242,7 +246,8 @@ def _video_report(workdir: pathlib.Path, run_dir: pathlib.Path, result: dict, pe
         f"{result['num_cond']} given frames with {result['sampler']['method']} "
         f"({result['sampler']['num_steps']} steps) from the EMA parameters.", "",
         *rows, "",
-        "Metrics cover the predicted frames only. The position error is the distance between the "
+        f"Metrics cover the predicted frames only. PSNR: {result['psnr_convention']}. The position error is "
+        "the distance between the "
         "digit's brightness centroid in a predicted frame and its true position (saved top-left "
         "corner plus the glyph's centroid offset). A frame shows a digit when its bright pixels have "
         "the true frame's mass within a factor 2 and are not much more spread out (noise fails).",
@@ -253,7 +258,12 @@ def _video_report(workdir: pathlib.Path, run_dir: pathlib.Path, result: dict, pe
         "predictions (red); right: ground truth).",
     ])
     (workdir / "report.md").write_text(text + "\n")
-    (workdir / "result.json").write_text(json.dumps(result, indent=2, default=float))
+    (workdir / "result.json").write_text(json.dumps(result, indent=2, default=float, allow_nan=False))
+
+
+def _cell(value, width: int = 0) -> str:
+    """A metric for the report and the terminal: 3 decimals, or 'n/a' where it is undefined."""
+    return f"{'n/a':>{width}}" if value is None else f"{value:{width}.3f}"
 
 
 # ----------------------------------------------------------------------------- images
@@ -406,7 +416,7 @@ def run(argv: list[str]) -> int:
                            ("position_error_px", "position error px (lower)"),
                            ("digit_shown", "frames showing a digit"), ("fvd", "FVD (lower better)")):
             if key in m:
-                print(f"[demo] {label:27s} {m[key]:7.3f}   {b[key]:7.3f}")
+                print(f"[demo] {label:27s} {_cell(m[key], 7)}   {_cell(b[key], 7)}")
     print(f"[demo] report: {workdir / 'report.md'}; videos and images: {workdir / 'renders'}; "
           f"checkpoints and TensorBoard logs: {workdir / 'run'}")
     return 0

@@ -3,6 +3,9 @@ files, set-against-set FVD, and the command line's errors."""
 
 import json
 import math
+import os
+import signal
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation import frechet, fvd, harness, i3d, metrics
+from evaluation import clips, evaluators, frechet, fvd, harness, i3d, metrics, references
 from sid2video import train
 from sid2video.data import pipeline, synthetic, video_io
 from train_worker import tiny_config
@@ -33,6 +36,14 @@ class CountingNet:
     def __call__(self, x):
         self.calls += 1
         return self._f(x)
+
+
+def _strict_json(path):
+    """The file parsed as strict JSON: NaN, Infinity and -Infinity are refused."""
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +172,7 @@ def test_padding_never_counts_and_the_reference_cache(run, data_dir, val_clips, 
     assert float(ref["reference_count"]) == 2 and float(ref["baseline_count"]) == 2
     direct = CountingNet()(i3d.preprocess(val_clips))
     np.testing.assert_allclose(ref["reference_mean"], np.asarray(direct).mean(axis=0), rtol=1e-5, atol=1e-6)
-    # Copy-last-frame on the two clips (a zero padding row would be copied exactly: PSNR inf).
+    # Copy-last-frame on the two clips (a zero padding row would be copied exactly: PSNR at the cap).
     want = metrics.FrameMetrics(COND).update(metrics.copy_last_frame(val_clips, COND), val_clips).result()
     np.testing.assert_allclose(first["baseline"]["psnr_per_frame"], want["psnr_per_frame"], rtol=1e-9)
 
@@ -175,14 +186,13 @@ def test_padding_never_counts_and_the_reference_cache(run, data_dir, val_clips, 
 
     # The reference pass alone: the same protocol hits the cache, a changed one misses it.
     def reference(**change):
-        proto = harness.resolve_protocol(None, metric="fvd", fvd_resolution=change.pop("fvd_resolution", None))
+        ev = evaluators.FVD(num_cond=COND, resolution=change.pop("fvd_resolution", None), batch_size=3,
+                            feature_net=net, feature_dim=DIM)
         args = dict(split="val", num_samples=2, num_cond=COND, baseline=True, batch_size=3, progress=False,
-                    cache_dir=tmp_path / "cache",
-                    extractor_factory=lambda: harness.make_extractor("fvd", protocol=proto, num_cond=COND,
-                                                                     batch_size=3, feature_net=net, dim=DIM))
+                    cache_dir=tmp_path / "cache", extractor_factory=ev.extractor)
         args.update(change)
         net.calls = 0
-        return harness.reference_statistics(_data_config(data_dir), **args), net.calls
+        return references.reference_statistics(_data_config(data_dir), **args), net.calls
 
     got, calls = reference()
     assert calls == 0 and got["cache_hit"] and got["cache_file"] == first["reference"]["cache_file"]
@@ -193,25 +203,25 @@ def test_padding_never_counts_and_the_reference_cache(run, data_dir, val_clips, 
         again, calls = reference(**change)
         assert again["cache_hit"] and calls == 0, change
     # Fewer samples than the split: the seeded random subset of its positions.
-    (pos,) = harness.subset_positions(2, 1, 0)
+    (pos,) = clips.subset_positions(2, 1, 0)
     np.testing.assert_allclose(got["reference"].mean, np.asarray(direct)[pos], rtol=1e-5, atol=1e-6)
 
 
 def test_subset_positions():
-    assert harness.subset_positions(5, 5) is None                  # the whole split, in order
-    a = harness.subset_positions(1000, 100, seed=3)
+    assert clips.subset_positions(5, 5) is None                  # the whole split, in order
+    a = clips.subset_positions(1000, 100, seed=3)
     assert len(set(a.tolist())) == 100 and np.all(np.diff(a) > 0) and 0 <= a[0] and a[-1] < 1000
-    np.testing.assert_array_equal(a, harness.subset_positions(1000, 100, seed=3))
-    assert not np.array_equal(a, harness.subset_positions(1000, 100, seed=4))
+    np.testing.assert_array_equal(a, clips.subset_positions(1000, 100, seed=3))
+    assert not np.array_equal(a, clips.subset_positions(1000, 100, seed=4))
     # Not the first records (class order): spread over the whole split.
     assert a.mean() == pytest.approx(500, abs=100)
     with pytest.raises(ValueError):
-        harness.subset_positions(3, 4)
+        clips.subset_positions(3, 4)
 
 
 def test_samples_from_an_npz_and_from_a_folder_of_mp4s(data_dir, val_clips, tmp_path):
     data = _data_config(data_dir)
-    # A perfect "prediction" in the layout `sid2video sample` writes: PSNR inf, SSIM 1, FVD 0.
+    # A perfect "prediction" in the layout `sid2video sample` writes: PSNR at the cap, SSIM 1, FVD 0.
     path = tmp_path / "perfect.npz"
     np.savez(path, sample=val_clips, truth=val_clips, label=np.zeros(2), num_cond=COND)
     net = CountingNet()
@@ -219,7 +229,11 @@ def test_samples_from_an_npz_and_from_a_folder_of_mp4s(data_dir, val_clips, tmp_
                               feature_dim=DIM, progress=False)
     (entry,) = result["checkpoints"]
     assert entry["num_samples"] == 2 and result["protocol"]["num_samples"] == 2
-    assert entry["fvd"] < 1e-6 and math.isinf(entry["psnr"]) and entry["ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert entry["fvd"] < 1e-6 and entry["ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert entry["psnr"] == metrics.PSNR_CAP_DB and entry["exact_frames"] == 2 * (FRAMES - COND)
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "capped at 100 dB" in report and f"{2 * (FRAMES - COND)} predicted frame(s) of the samples" in report
+    _strict_json(tmp_path / "eval" / "result.json")
     assert (tmp_path / "eval" / "report.md").is_file() and (tmp_path / "eval" / "samples_samples.png").is_file()
 
     # A folder of MP4s: the same clips with their frames reversed in time.
@@ -234,12 +248,12 @@ def test_samples_from_an_npz_and_from_a_folder_of_mp4s(data_dir, val_clips, tmp_
 def test_evaluate_sets_arrays_and_datasets(data_dir, val_clips):
     net = CountingNet()
     kw = dict(batch_size=3, feature_net=net, feature_dim=DIM, progress=False)
-    same = harness.evaluate_sets(val_clips, val_clips, **kw)
+    same = evaluators.evaluate_sets(val_clips, val_clips, **kw)
     assert same["fvd"] < 1e-6 and same["num_samples_a"] == same["num_samples_b"] == 2
     data = _data_config(data_dir)
     val, trn = dict(data, split="val"), dict(data, split="train")
-    assert harness.evaluate_sets(val, val_clips, **kw)["fvd"] < 1e-3       # the split read from disk
-    other = harness.evaluate_sets(val, trn, **kw)                            # test/val clips vs train clips
+    assert evaluators.evaluate_sets(val, val_clips, **kw)["fvd"] < 1e-3       # the split read from disk
+    other = evaluators.evaluate_sets(val, trn, **kw)                            # test/val clips vs train clips
     assert other["fvd"] > 1e-3 and other["num_samples_b"] == 2
 
 
@@ -311,3 +325,81 @@ def test_fid_of_image_files_through_the_harness(tmp_path):
     assert "not applicable" in (tmp_path / "eval" / "report.md").read_text()
     inverted = harness.evaluate(samples=other, out=tmp_path / "eval2", **kw)
     assert inverted["checkpoints"][0]["fid"] > 100
+
+
+def test_evaluators_run_a_generator_on_held_out_clips(data_dir, val_clips, tmp_path):
+    """What a trainer does every N steps: one pass of a generator over a few held-out clips feeds FVD and
+    the frame metrics; they equal the same quantities computed directly."""
+    held_out = clips.EvalClips(_data_config(data_dir), num_samples=2, batch_size=3)
+    net = CountingNet()
+    fvd_eval = evaluators.FVD(held_out, num_cond=COND, feature_net=net, feature_dim=DIM, cache_dir=tmp_path / "c")
+    frames = evaluators.FrameEvaluator(num_cond=COND, clips=held_out)
+
+    def copy_last(batch, rng):
+        return metrics.copy_last_frame(batch["video"], COND)
+
+    fvd_row, frame_row = evaluators.run_all([fvd_eval, frames], copy_last, clips=held_out, seed=3)
+    want = metrics.FrameMetrics(COND).update(metrics.copy_last_frame(val_clips, COND), val_clips).result()
+    np.testing.assert_allclose(frame_row["psnr_per_frame"], want["psnr_per_frame"], rtol=1e-9)
+    feats = [np.asarray(net(i3d.preprocess(v))) for v in (metrics.copy_last_frame(val_clips, COND), val_clips)]
+    want_fvd = frechet.distance(*frechet.statistics(feats[0]), *frechet.statistics(feats[1]))
+    assert fvd_row["num_samples"] == 2 and fvd_row["fvd"] == pytest.approx(want_fvd, rel=1e-4)
+    assert len(list((tmp_path / "c").glob("*.npz"))) == 1                 # the reference, cached
+    # A generator that returns the truth: FVD 0, every frame exact (PSNR at the cap).
+    assert fvd_eval.run(lambda batch, rng: batch["video"])["fvd"] < 1e-6
+    assert frames.run(lambda batch, rng: batch["video"])["psnr"] == metrics.PSNR_CAP_DB
+
+
+def test_single_clip_of_black_predictions_gives_strict_json(data_dir, val_clips, tmp_path):
+    """evaluate on one clip whose predicted frames are black: finite closed-form PSNR, strict JSON."""
+    black = val_clips[:1].copy()
+    black[:, COND:] = 0
+    path = tmp_path / "black.npz"
+    np.savez(path, sample=black, truth=val_clips[:1], num_cond=COND)
+    result = harness.evaluate(samples=path, data=_data_config(data_dir), metric="frames", num_samples=1,
+                              batch_size=2, progress=False)
+    saved = _strict_json(tmp_path / "eval" / "result.json")
+    (entry,) = saved["checkpoints"]
+    truth = val_clips[0, COND:].astype(np.float64)
+    want = 10 * np.log10(255.0 ** 2 / (truth ** 2).mean(axis=(1, 2, 3)))
+    assert entry["num_samples"] == 1 and saved["protocol"]["num_samples"] == 1
+    np.testing.assert_allclose(entry["psnr_per_frame"], np.minimum(want, metrics.PSNR_CAP_DB), rtol=1e-5)
+    assert all(math.isfinite(v) for v in saved["baseline"]["psnr_per_frame"] + saved["baseline"]["ssim_per_frame"])
+    assert result["conventions"]["psnr"] == metrics.PSNR_CONVENTION
+
+
+def test_a_signal_stops_evaluate_at_a_batch_boundary_and_a_rerun_resumes(run, tmp_path):
+    """SIGTERM (sent from another thread) during step 2's batch: evaluate writes step 1 and stops; the
+    same call again computes only step 2 (reference statistics cached, step 1 kept) and gives the
+    numbers of an uninterrupted evaluation."""
+
+    class SignalNet(CountingNet):
+        def __call__(self, x):
+            out = super().__call__(x)
+            if self.calls == 4:   # reference, baseline, step 1, then step 2's batch
+                sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+                sender.start()
+                sender.join()
+            return out
+
+    kw = dict(metric="fvd", num_samples=2, batch_size=3, feature_dim=DIM, cache_dir=tmp_path / "cache",
+              checkpoint="all", progress=False)
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = harness.evaluate(run, feature_net=SignalNet(), out=tmp_path / "eval", **kw)
+    assert signal.getsignal(signal.SIGTERM) is before                      # the handler is put back
+    assert stopped["interrupted"] and [c["step"] for c in stopped["checkpoints"]] == [1]
+    saved = _strict_json(tmp_path / "eval" / "result.json")
+    assert saved["interrupted"] and "the same command resumes it" in saved["notes"][-1]
+    assert (tmp_path / "eval" / "progress.json").is_file()
+
+    net = CountingNet()
+    resumed = harness.evaluate(run, feature_net=net, out=tmp_path / "eval", **kw)
+    assert net.calls == 1 and resumed["reference"]["cache_hit"]            # step 2's batch only
+    assert "interrupted" not in resumed and [c["step"] for c in resumed["checkpoints"]] == [1, 2]
+    assert not (tmp_path / "eval" / "progress.json").exists()
+    full = harness.evaluate(run, feature_net=CountingNet(), out=tmp_path / "full", **kw)
+    for got, want in zip(resumed["checkpoints"], full["checkpoints"]):
+        assert got["fvd"] == pytest.approx(want["fvd"], rel=1e-6)
+        np.testing.assert_allclose(got["psnr_per_frame"], want["psnr_per_frame"], rtol=1e-6)
+    np.testing.assert_allclose(resumed["baseline"]["psnr_per_frame"], full["baseline"]["psnr_per_frame"], rtol=1e-9)
+    assert resumed["baseline"]["fvd"] == pytest.approx(full["baseline"]["fvd"], rel=1e-12)

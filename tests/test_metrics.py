@@ -64,7 +64,9 @@ def test_psnr_closed_form():
     np.testing.assert_allclose(got, np.broadcast_to(want, (2, 3)), rtol=1e-5)
     # The same on the [0, 1] scale with max_value = 1.
     np.testing.assert_allclose(np.asarray(metrics.psnr(pred / 255.0, true / 255.0, max_value=1.0)), got, rtol=1e-5)
-    assert np.all(np.isinf(np.asarray(metrics.psnr(true, true))))   # identical frames
+    # Identical frames: +inf without the cap, the cap (PSNR_CAP_DB) with it.
+    assert np.all(np.isinf(np.asarray(metrics.psnr(true, true, cap=None))))
+    np.testing.assert_array_equal(np.asarray(metrics.psnr(true, true)), metrics.PSNR_CAP_DB)
 
 
 def _reference_ssim(x, y, max_value=255.0):
@@ -114,7 +116,7 @@ def test_copy_last_frame_baseline_exact_on_static_video_worse_on_motion():
     fm = metrics.FrameMetrics(num_cond=2).update(metrics.copy_last_frame(static, 2), static)
     res = fm.result()
     assert res["count"] == 2 and len(res["psnr_per_frame"]) == 4
-    assert all(math.isinf(v) for v in res["psnr_per_frame"])
+    assert res["psnr_per_frame"] == [metrics.PSNR_CAP_DB] * 4 and res["exact_frames"] == 2 * 4
     np.testing.assert_allclose(res["ssim_per_frame"], 1.0, atol=1e-6)
 
     res = metrics.FrameMetrics(num_cond=2).update(base, moving).result()
@@ -122,6 +124,66 @@ def test_copy_last_frame_baseline_exact_on_static_video_worse_on_motion():
     assert max(res["ssim_per_frame"]) < 0.999
     # The copy drifts away from the truth as the squares move on: the last frame is the worst.
     assert res["mse_per_frame"][-1] > res["mse_per_frame"][0] > 0
+
+
+def test_frame_metrics_stay_finite_on_identical_constant_and_black_frames():
+    """Identical frames, constant frames and all-black predictions: closed forms, never inf or NaN."""
+    r = np.random.default_rng(7)
+    truth = r.integers(0, 256, (2, 4, 12, 12, 3)).astype(np.uint8)
+    const_a = np.full((1, 3, 12, 12, 3), 60, np.uint8)
+    const_b = np.full((1, 3, 12, 12, 3), 90, np.uint8)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    # Constant frames: no variance, SSIM = (2ab + C1) / (a² + b² + C1) (the C2 factor is 1), finite.
+    want = (2 * 60 * 90 + c1) / (60 ** 2 + 90 ** 2 + c1) * (c2 / c2)
+    np.testing.assert_allclose(np.asarray(metrics.ssim(const_a, const_b)), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(metrics.ssim(const_a, const_a)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(metrics.psnr(const_a, const_b)), 10 * np.log10(255.0 ** 2 / 30 ** 2),
+                               rtol=1e-5)
+    # All-black predictions: PSNR = 10 log10(255² / mean(truth²)) per frame; black truth too: the cap.
+    black = np.zeros_like(truth)
+    want = 10 * np.log10(255.0 ** 2 / (truth.astype(float) ** 2).mean(axis=(2, 3, 4)))
+    np.testing.assert_allclose(np.asarray(metrics.psnr(black, truth)), want, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(metrics.psnr(black, black)), metrics.PSNR_CAP_DB)
+    # The cap touches exact frames only: the least inexact 12x12 frame (one grey level in one sample).
+    one = truth.copy()
+    one[0, 0, 0, 0, 0] ^= 1
+    least = float(np.asarray(metrics.psnr(one[0, 0], truth[0, 0])))
+    assert least == pytest.approx(10 * np.log10(255.0 ** 2 * 12 * 12 * 3), rel=1e-5) and least < metrics.PSNR_CAP_DB
+    # A mean over a clip with one exact frame: the exact frame counts as the cap, the rest as they are.
+    pred = truth.copy()
+    pred[:, 2:] = np.clip(truth[:, 2:].astype(int) + 5, 0, 255).astype(np.uint8)
+    res = metrics.FrameMetrics(1).update(pred, truth).result()
+    per = np.asarray(metrics.psnr(pred[:, 1:], truth[:, 1:])).mean(axis=0)
+    assert res["psnr_per_frame"][0] == metrics.PSNR_CAP_DB and res["exact_frames"] == 2
+    np.testing.assert_allclose(res["psnr_per_frame"], per, rtol=1e-6)
+    assert all(math.isfinite(v) for k in ("psnr", "ssim", "mse") for v in res[f"{k}_per_frame"])
+
+
+def test_evaluators_on_a_single_clip_give_finite_values_or_na():
+    """One clip: the frame metrics are defined; FVD has no covariance and says so (None with a reason),
+    and the results pass strict JSON."""
+    import json
+
+    from evaluation import evaluators
+
+    clip = moving_squares(1, num_frames=9, size=16, seed=8)
+    frames = evaluators.FrameEvaluator(num_cond=2).run({"sample": clip, "truth": clip})
+    assert frames["psnr"] == metrics.PSNR_CAP_DB and frames["exact_frames"] == 7
+    assert frames["ssim"] == pytest.approx(1.0, abs=1e-6)
+    base = evaluators.FrameEvaluator(num_cond=2, baseline=True).run({"sample": clip, "truth": clip})
+    want = metrics.FrameMetrics(2).update(metrics.copy_last_frame(clip, 2), clip).result()
+    np.testing.assert_allclose(base["psnr_per_frame"], want["psnr_per_frame"], rtol=1e-12)
+    reference = frechet.RunningStatistics(27).update(np.random.default_rng(0).standard_normal((5, 27)))
+    fvd_eval = evaluators.FVD(reference=reference, feature_net=FrameMeans(), feature_dim=27, batch_size=2)
+    out = fvd_eval.run(clip)
+    assert out["fvd"] is None and "at least 2 clips" in out["fvd_na"] and out["num_samples"] == 1
+    # Two clips against a reference of 5 vectors in 27 dimensions (fewer than the dimensions): finite.
+    two = moving_squares(2, num_frames=9, size=16, seed=9)
+    assert math.isfinite(fvd_eval.run(two)["fvd"])
+    row = evaluators.scalars(frames, out)
+    assert "fvd" not in row and row["psnr"] == metrics.PSNR_CAP_DB
+    for r in (frames, base, out, row):
+        json.loads(json.dumps(r, allow_nan=False), parse_constant=lambda c: pytest.fail(c))
 
 
 def test_frame_metrics_mask_merge_and_flat_round_trip():
@@ -157,8 +219,16 @@ def test_pack_float64_is_bit_exact_where_float32_is_not():
     assert words.dtype == np.uint32 and words.shape == (16,)
     back = fvd.unpack_float64(words, x.shape)
     np.testing.assert_array_equal(back.view(np.uint64), x.view(np.uint64))
-    # A float32 round trip (what an x64-disabled JAX transfer would do) loses these values.
-    assert not np.array_equal(x[:2].astype(np.float32).astype(np.float64), x[:2])
+    # The words are the value's IEEE-754 bytes, little-endian (struct, an independent encoder): 1.0 is
+    # 0x3FF0000000000000, low word first.
+    import struct
+
+    np.testing.assert_array_equal(words, np.frombuffer(struct.pack("<8d", *x), "<u4"))
+    np.testing.assert_array_equal(fvd.pack_float64(1.0), [0, 0x3FF00000])
+    # Through a JAX array with x64 disabled (what process_allgather moves) the words arrive unchanged;
+    # float64 values themselves would arrive as float32 and lose the first two.
+    gathered = fvd.allgather_float64(x, gather=lambda w: np.asarray(jnp.asarray(w))[None])
+    np.testing.assert_array_equal(gathered[0].view(np.uint64), x.view(np.uint64))
     m = np.random.default_rng(0).standard_normal((3, 4))
     np.testing.assert_array_equal(fvd.unpack_float64(fvd.pack_float64(m), m.shape), m)
 

@@ -1,7 +1,7 @@
 """Evaluation reports: strict result.json, report.md contents, sample strips and plots."""
 
 import json
-import math
+import re
 
 import numpy as np
 import pytest
@@ -43,10 +43,10 @@ def test_write_report_several_checkpoints(tmp_path):
     strips = {"step_300": (np.stack([_clip([(0, 0, 0)] * 16)] * 2), np.stack([_clip([(9, 9, 9)] * 16)] * 2))}
     result = _result([100, 200, 300])
     files = report.write_report(tmp_path, result, strips=strips, num_cond=5, title="run")
-    # Strict JSON: non-finite numbers become strings, private entries are dropped.
+    # Strict JSON: a non-finite number (none should reach the report) becomes null, private entries are dropped.
     saved = json.loads((tmp_path / "result.json").read_text(),
                        parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert saved["checkpoints"][0]["psnr_per_frame"][2] == "inf"
+    assert saved["checkpoints"][0]["psnr_per_frame"][2] is None
     assert "_stats" not in saved["checkpoints"][0]
     assert saved["files"]["report"] == files["report"]
 
@@ -81,5 +81,27 @@ def test_single_checkpoint_has_no_step_plot_and_states_cut_conditioning(tmp_path
 def test_jsonable():
     out = report.jsonable({"a": np.float32(1.5), "b": np.arange(3), "c": (float("-inf"), float("nan")),
                            "_hidden": 1, "d": {"e": np.int64(4)}})
-    assert out == {"a": 1.5, "b": [0, 1, 2], "c": ["-inf", "nan"], "d": {"e": 4}}
-    assert math.isinf(report._num("inf"))
+    assert out == {"a": 1.5, "b": [0, 1, 2], "c": [None, None], "d": {"e": 4}}
+    assert report._fmt(float("inf")) == report._fmt(None) == "n/a" and report._fmt(2.0) == "2.00"
+
+
+def test_undefined_values_are_na_with_their_reason(tmp_path):
+    """A value the evaluators cannot define is null in result.json and 'n/a' in report.md with the
+    reason in the notes; exact frames are counted beside the capped PSNR; nothing is inf or NaN."""
+    result = _result([100])
+    result["conventions"] = {"psnr": "mean of per-frame PSNR capped at 100 dB"}
+    c = result["checkpoints"][0]
+    c.update(fvd=None, fvd_na="needs at least 2 clips", ssim=None, ssim_na="frames too small",
+             psnr_per_frame=[22.0, 19.0, 100.0], exact_frames=3)
+    report.write_report(tmp_path, result, num_cond=5)
+    saved = json.loads((tmp_path / "result.json").read_text(),
+                       parse_constant=lambda k: pytest.fail(f"non-standard JSON constant {k}"))
+    assert saved["checkpoints"][0]["fvd"] is None and saved["checkpoints"][0]["fvd_na"] == "needs at least 2 clips"
+    md = (tmp_path / "report.md").read_text()
+    assert "| step 100 | n/a | 20.00 | n/a | 6 |" in md
+    assert "- FVD is n/a for step 100: needs at least 2 clips" in md
+    assert "- SSIM is n/a for step 100: frames too small" in md
+    assert "3 predicted frame(s) of step 100 equal the truth exactly" in md
+    assert "PSNR: mean of per-frame PSNR capped at 100 dB" in md
+    assert not re.search(r"\binf\b|\bnan\b|∞", md, flags=re.IGNORECASE)
+    assert "FVD n/a" in report.summary(result)

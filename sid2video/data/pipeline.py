@@ -431,10 +431,29 @@ def build_dataset(
     return Accounting(ds, stats, most, template)
 
 
+class _Positions:
+    """Random-access view of some positions of a source; records keep their original 'index'."""
+
+    def __init__(self, source, positions: Sequence[int]):
+        self.source = source
+        self.positions = [int(p) for p in positions]
+        if self.positions and not 0 <= min(self.positions) <= max(self.positions) < len(source):
+            raise ValueError(f"positions must lie in [0, {len(source)}), got {min(self.positions)}..."
+                             f"{max(self.positions)}")
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        return self.source[self.positions[int(i)]]
+
+
 def _make_iterator(data_cfg, *, split, train, batch_size, seed, process_index, process_count, worker_count,
-                   num_epochs=None):
+                   num_epochs=None, positions=None):
     pi, pc = _process(process_index, process_count)
     src = make_source(data_cfg, split=split, train=train)
+    if positions is not None:
+        src = dataclasses.replace(src, source=_Positions(src.source, positions))
     workers = int(_get(data_cfg, "worker_count", 0) if worker_count is None else worker_count)
     stats = LoaderStats(f"{src.name}/{split}", src.skipped)
     ds = build_dataset(
@@ -484,6 +503,16 @@ def default_eval_split(dataset: str) -> str:
     return "validation" if dataset == "imagenet2012" else "val"
 
 
+def eval_split(data_cfg: Any) -> str:
+    """The evaluation split: config.data.eval_split, else val (validation for imagenet2012)."""
+    return _get(data_cfg, "eval_split", None) or default_eval_split(dataset_name(data_cfg))
+
+
+def split_size(data_cfg: Any, split: str) -> int:
+    """How many records (clips or images) `split` has, as the evaluation iterator counts them."""
+    return len(make_source(data_cfg, split=split, train=False).source)
+
+
 def make_eval_iterator(
     data_cfg: Any,
     *,
@@ -493,19 +522,21 @@ def make_eval_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     worker_count: int | None = None,
+    positions: Sequence[int] | None = None,
 ):
-    """One pass over `split` (default config.data.eval_split, else val / validation), in order.
+    """One pass over `split` (default `eval_split(data_cfg)`), in order.
 
     Centre clips and centre crops, no flips. Every batch has `batch_size` rows and a "mask"
     marking the real ones (padding rows are zeros). Every process yields the same number of
     batches (the most any process needs), so per-batch collectives stay in step; a process that
-    runs out sooner yields all-padding batches.
+    runs out sooner yields all-padding batches. `positions`: read only these records of the
+    split, in this order (each keeps its 'index' in the whole split); default all of them.
     """
     if split is None:
-        split = _get(data_cfg, "eval_split", None) or default_eval_split(dataset_name(data_cfg))
+        split = eval_split(data_cfg)
     return _make_iterator(data_cfg, split=split, train=False, batch_size=batch_size, seed=seed,
                           process_index=process_index, process_count=process_count,
-                          worker_count=worker_count)
+                          worker_count=worker_count, positions=positions)
 
 
 __all__ = [
@@ -515,4 +546,6 @@ __all__ = [
     "build_dataset",
     "make_train_iterator",
     "make_eval_iterator",
+    "eval_split",
+    "split_size",
 ]
