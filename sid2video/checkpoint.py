@@ -221,7 +221,7 @@ class Checkpointer:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**args))
                 error = None
             except Exception as err:  # noqa: BLE001
-                restored, error = None, faults.describe(err, self.directory)
+                restored, error = None, faults.describe(err, self.directory, step)
             if _any_process(error is not None):
                 failures.append((step, error or "failed on another process"))
                 continue
@@ -262,7 +262,7 @@ class Checkpointer:
         older = [s for s in self.all_steps() if s < step]
         hint = f" Pass an older one ({older[-1]}) explicitly, or resume training to set it aside." if older else ""
         return DamagedCheckpointError(
-            f"checkpoint {step} in {self.directory} cannot be restored ({faults.describe(err, self.directory)}).{hint}"
+            f"checkpoint {step} in {self.directory} cannot be restored ({faults.describe(err, self.directory, step)}).{hint}"
         )
 
     def _resolve(self, step: int | None) -> int:

@@ -29,6 +29,7 @@ _QUOTED_PATH = re.compile(r'"(/[^"]+)"')
 _PLAIN_PATH = re.compile(r"(?:File|file|path) '?(/[^\s',]+)")
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 _PARTIAL_STEP = re.compile(r"/(\d+)" + re.escape(TMP_SUFFIX))
+_MISSING_ITEM = re.compile(r'Item "(\w+)" was not found')
 _SPEC = re.compile(r"\s*\[tensorstore_spec[^\]]*=.*$", re.S)
 
 
@@ -84,12 +85,15 @@ def _message(chain: list[BaseException]) -> str:
     return type(chain[0]).__name__
 
 
-def describe(err: BaseException, root: pathlib.Path) -> str:
-    """'<file relative to root>: <cause>' in one line."""
+def describe(err: BaseException, root: pathlib.Path, step: int | None = None) -> str:
+    """'<file relative to root>: <cause>' in one line (`step`: the checkpoint read, if any)."""
     chain = _chain(err)
     code = _errno(chain)
     cause = f"{os.strerror(code)} ({errno.errorcode.get(code, code)})" if code else _message(chain)
     path = _file(chain, root)
+    missing = next((m for m in map(_MISSING_ITEM.search, map(str, chain)) if m), None)
+    if path is None and missing and step is not None:
+        path, cause = root / str(step) / missing.group(1), "missing"
     if path is None:
         return cause
     try:
@@ -139,7 +143,8 @@ def set_aside(directory: pathlib.Path, step: int) -> pathlib.Path:
 
 
 class _Quiet(logging.Filter):
-    """Drops error records that mention a watched directory, leaving one DEBUG line on this
+    """Drops error records from Orbax's threads or that mention a watched directory (while one is
+    watched), leaving one DEBUG line on this
     module's logger (the failure they echo is raised, with its cause, by the checkpointer)."""
 
     def __init__(self):
@@ -153,7 +158,8 @@ class _Quiet(logging.Filter):
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             text += " " + " ".join(str(e) for e in _chain(record.exc_info[1]))
-        if any(d in text for d in list(self.directories)):
+        from_orbax = f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+        if from_orbax or any(d in text for d in list(self.directories)):
             log.debug("%s: %s", record.name, " ".join(record.getMessage().split())[:300])
             return False
         return True
@@ -184,6 +190,15 @@ def _install_excepthook() -> None:
 
     hook._sid2video_quiet = True
     sys.excepthook = hook
+    previous_unraisable = sys.unraisablehook
+
+    def unraisable(info):
+        if _closed_loop_echo(info.exc_value):
+            log.debug("ignored after a failed save: %s", info.exc_value)
+            return
+        previous_unraisable(info)
+
+    sys.unraisablehook = unraisable
 
 
 def watch(directory: pathlib.Path) -> None:
