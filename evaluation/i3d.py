@@ -276,16 +276,12 @@ def convert(src: str | pathlib.Path | None = None, *, expected_sha256: str = SOU
 
 
 def _cached_weights() -> dict[str, np.ndarray]:
+    """The converted weights from the cache, rebuilt from the package when missing or invalid."""
     path = wlib.cache_dir() / f"i3d-kinetics-400-{SOURCE_SHA256[:16]}.npz"
-    if path.is_file():
-        try:
-            arrays = wlib.load_npz(path)
-        except Exception:   # a damaged cache file is rebuilt from the package
-            arrays = {}
-        if str(arrays.pop("__source_sha256__", "")) == SOURCE_SHA256:
-            return arrays
-    arrays = convert()
-    wlib.save_npz(path, {**arrays, "__source_sha256__": np.asarray(SOURCE_SHA256)})
+    arrays = wlib.load_cache(path, SOURCE_SHA256)
+    if arrays is None:
+        arrays = convert()
+        wlib.save_cache(path, arrays, SOURCE_SHA256)
     return arrays
 
 

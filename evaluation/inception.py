@@ -228,7 +228,6 @@ def preprocess(images) -> jax.Array:
 
 _LEAF_TO_TORCH = {("conv", "kernel"): "conv.weight", ("bn", "scale"): "bn.weight", ("bn", "bias"): "bn.bias",
                   ("bn", "mean"): "bn.running_mean", ("bn", "var"): "bn.running_var"}
-_SOURCE_KEY = "__source_sha256__"
 
 
 def _unused(key: str) -> bool:
@@ -296,7 +295,7 @@ def convert(src, dst=None, *, check_sha256: bool = True) -> pathlib.Path:
     if extra:
         raise ValueError(f"{src}: unexpected entries {extra[:5]} (not the FID InceptionV3 state dict?)")
     dst = pathlib.Path(dst) if dst is not None else wlib.cache_dir() / CACHED_FILE
-    return wlib.save_npz(dst, {**arrays, _SOURCE_KEY: np.asarray(digest)})
+    return wlib.save_cache(dst, arrays, digest)
 
 
 def to_torch_state_dict(net: "InceptionFeatures") -> dict[str, np.ndarray]:
@@ -331,7 +330,7 @@ class InceptionFeatures:
 
 
 def _from_arrays(arrays: dict[str, np.ndarray], origin: str, precision) -> InceptionFeatures:
-    arrays = {k: v for k, v in arrays.items() if k != _SOURCE_KEY}
+    arrays = {k: v for k, v in arrays.items() if k not in (wlib.SOURCE_KEY, wlib.CONTENT_KEY)}
     graphdef, state = wlib.abstract_network(InceptionV3, precision)
     state = wlib.fill_state(state, arrays, lambda path: ".".join(_path_parts(path)), origin)
     return InceptionFeatures(graphdef, state)
@@ -347,22 +346,27 @@ def load(path: str | os.PathLike | None = None, *, precision=jax.lax.Precision.H
     if path is None:
         path = os.environ.get("SID2VIDEO_FID_WEIGHTS")
     if path is None:
-        if not cached.is_file():
-            raise FileNotFoundError(f"FID Inception weights are not set up (no {cached}): {_WHERE}")
-        path = cached
+        arrays = wlib.load_cache(cached)
+        if arrays is None:
+            raise FileNotFoundError(f"FID Inception weights are not set up (no valid {cached}): {_WHERE}")
+        return _from_arrays(arrays, str(cached), precision)
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FID Inception weights not found at {path}: {_WHERE}")
     if path.suffix == ".npz":
-        return _from_arrays(wlib.load_npz(path), str(path), precision)
-    # A .pth: reuse the cached conversion only if it was made from this very file.
+        arrays = wlib.load_npz(path)
+        recorded = arrays.get(wlib.CONTENT_KEY)
+        if recorded is not None and str(recorded) != wlib.content_sha256(arrays):
+            raise ValueError(f"{path} does not match its content checksum (an array was altered, added or "
+                             f"removed); convert it again from the .pth: {_WHERE}")
+        return _from_arrays(arrays, str(path), precision)
+    # A .pth: reuse the cached conversion only if it is intact and was made from this very file.
     digest = wlib.sha256(path)
-    if cached.is_file():
-        arrays = wlib.load_npz(cached)
-        if str(arrays.get(_SOURCE_KEY, "")) == digest:
-            return _from_arrays(arrays, str(cached), precision)
-    convert(path, cached)
-    return _from_arrays(wlib.load_npz(cached), str(cached), precision)
+    arrays = wlib.load_cache(cached, digest)
+    if arrays is None:
+        convert(path, cached)
+        arrays = wlib.load_cache(cached, digest)
+    return _from_arrays(arrays, str(cached), precision)
 
 
 def random(seed: int = 0, *, precision=jax.lax.Precision.HIGHEST) -> InceptionFeatures:

@@ -380,7 +380,7 @@ def fit(config, workdir: str | pathlib.Path, *, steps: int | None = None, minute
     lead = jax.process_index() == 0
     target = tc.num_steps if steps is None else int(steps)
     checkpointer = ckpt.Checkpointer(workdir, keep=tc.keep_checkpoints, keep_every=tc.keep_every or None,
-                                     async_save=tc.async_checkpoint)
+                                     async_save=tc.async_checkpoint, lock=True)
     if data_iterator is None:
         from sid2video.data import pipeline
 
