@@ -144,7 +144,7 @@ def validate(config: ConfigDict) -> ConfigDict:
                     "loss.cond_drop_rate > 0 (conditioning frames), or guidance = 0")
 
     # train: the trainer's own checks (names the key, the value and what is allowed)
-    from sid2video.train import TrainConfig
+    from sid2video.settings import TrainConfig
 
     TrainConfig.from_config(config.train)
     return config
