@@ -5,7 +5,7 @@
 
 Model FLOPs are the analytic ones of sid2video.models.flops (SiD2 B.3: multiply-add = 1 FLOP,
 a train step = 3 forward passes), doubled to count multiply and add separately like hardware
-peaks do. MFU divides the achieved rate by the device peak: the table in sid2video.train for
+peaks do. MFU divides the achieved rate by the device peak: the table in sid2video.runlog for
 known accelerators, else (CPUs) the measured rate of a large float32 matmul on the same
 devices, which is the best a dense kernel reaches here. Both figures are printed.
 """
@@ -49,13 +49,14 @@ def main() -> None:
     spec, overrides, argv = flags.split_config_args(sys.argv[1:])
     args = parser.parse_args(argv)
 
-    from sid2video import train
     from sid2video.models import flops
+    from sid2video.runlog import peak_flops
+    from sid2video.trainer import Trainer
 
     config = flags.load_config("train_step.py", spec or "demo:video", overrides)
     if args.batch:
         config.train.batch_size = args.batch
-    trainer = train.Trainer(config)
+    trainer = Trainer(config)
     state = trainer.init_state()
     b, t, r = config.train.batch_size, config.model.num_frames, config.model.resolution
     rng = np.random.default_rng(0)
@@ -74,7 +75,7 @@ def main() -> None:
 
     fwd = flops.forward_flops(trainer.model_cfg)["total"]
     achieved = 3 * fwd * 2 * b / step_s / jax.device_count()  # FLOP/s per device, FMA = 2
-    known = train.peak_flops(trainer.tc)
+    known = peak_flops(trainer.tc)
     measured = matmul_peak()
     print(f"config {args.config} {' '.join(args.set)}, global batch {b}, {jax.device_count()} x {jax.devices()[0].device_kind}")
     print(f"compile + first step {compile_s:.1f} s; {1 / step_s:.2f} steps/s, {b / step_s:.1f} examples/s")

@@ -64,6 +64,7 @@ class TrainConfig:
     fsdp: int = 1  # size of the 'fsdp' mesh axis; 1 = pure data parallel
     fsdp_min_params: int = 2**14  # smaller parameters stay replicated under FSDP
     on_nonfinite: str = "stop"  # 'stop': save a debug snapshot and stop; 'skip': drop the update
+    max_nonfinite_skips: int = 10  # 'skip': stop like 'stop' once more updates of a run were dropped; 0 = no limit
     log_every: int = 50
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -82,7 +83,8 @@ class TrainConfig:
             v = getattr(self, key)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise bad(key, "must be an integer >= 1")
-        for key in ("warmup_steps", "keep_every", "sample_every", "fsdp_min_params"):
+        for key in ("warmup_steps", "keep_every", "sample_every", "fsdp_min_params",
+                    "max_nonfinite_skips"):
             v = getattr(self, key)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
                 raise bad(key, "must be an integer >= 0")

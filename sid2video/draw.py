@@ -130,7 +130,7 @@ def as_rgb(frames: np.ndarray, name: str) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
         raise ValueError(f"{name} must hold uint8 pixels, got {frames.dtype} (convert [-1, 1] floats "
-                         "with sid2video.sample.to_uint8 first)")
+                         "with sid2video.diffusion.conditioning.to_uint8 first)")
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, axis=-1)
     if frames.shape[-1] != 3:

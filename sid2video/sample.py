@@ -16,22 +16,16 @@ import pathlib
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from sid2video import draw, sharding
+from sid2video import sharding
 from sid2video.checkpoint import fresh_state
-from sid2video.diffusion import parametrization, samplers, schedules
+from sid2video.diffusion import conditioning, samplers, schedules
 
 log = logging.getLogger("sid2video.sample")
 Array = jax.Array
-
-
-def to_uint8(x: Array) -> Array:
-    """[−1, 1] floats to uint8 pixels (round to nearest)."""
-    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def sampler_settings(config, **overrides) -> dict[str, Any]:
@@ -94,53 +88,13 @@ class Generator:
     def _generate(self, state, video: Array, label: Array, rng: Array) -> Array:
         # The network is rebuilt from `state` inside every call: the sampler calls it from inside
         # its loop, and a module's variables are only usable at the trace level that built them.
-        def model(*args, **kwargs):
+        def net(*args, **kwargs):
             return nnx.merge(self.graphdef, state, fresh_state(self._rest))(*args, **kwargs)
 
-        cfg = self.model_cfg
-        b, t = video.shape[:2]
-        x_cond = video.astype(jnp.float32) / 127.5 - 1.0
-        has_cond = cfg.frame_conditioning
-        cond_mask = (jnp.broadcast_to((jnp.arange(t) < self.num_cond).astype(jnp.float32), (b, t))
-                     if has_cond else None)
-        use_label = bool(cfg.num_classes)
-
-        def x_hat(z, logsnr, cond_mask, label):
-            out = model(z, logsnr, cond=x_cond if has_cond else None,
-                        cond_mask=cond_mask, label=label if use_label else None)
-            return parametrization.predictions(out.astype(jnp.float32), z, logsnr, self.mean_type)[0]
-
-        def predict_cond(z, logsnr):
-            return x_hat(z, logsnr, cond_mask, label)
-
-        if self.sampler.guidance > 0:
-            null_label = jnp.full_like(label, cfg.num_classes)
-            # Unconditional: the null class if there are classes, else no conditioning frames.
-            u_label = null_label if use_label else label
-            u_mask = cond_mask if (use_label or cond_mask is None) else jnp.zeros_like(cond_mask)
-            # Without its conditioning frames the model was trained on them noised like the rest:
-            # the unconditional half sees them noised to the current logSNR (one fixed draw).
-            drop_frames = has_cond and not use_label and self.num_cond > 0
-            eps_u = jax.random.normal(jax.random.fold_in(rng, 1), x_cond.shape) if drop_frames else None
-
-            def predict_both(z2, logsnr2):
-                if drop_frames:
-                    noised = parametrization.diffuse(x_cond, eps_u, logsnr2[b:])
-                    z_u = jnp.where(cond_mask[:, :, None, None, None] > 0, noised, z2[b:])
-                    z2 = jnp.concatenate([z2[:b], z_u])
-                both_mask = None if cond_mask is None else jnp.concatenate([cond_mask, u_mask])
-                out = model(z2, logsnr2, cond=jnp.concatenate([x_cond, x_cond]) if has_cond else None,
-                            cond_mask=both_mask,
-                            label=jnp.concatenate([label, u_label]) if use_label else None)
-                return parametrization.predictions(out.astype(jnp.float32), z2, logsnr2, self.mean_type)[0]
-
-            predict = self.sampler.predictor(predict_cond, predict_both=predict_both)
-        else:
-            predict = self.sampler.predictor(predict_cond)
-        out = self.sampler(predict, rng, x_cond.shape,
-                           cond=x_cond if self.num_cond else None,
-                           cond_mask=cond_mask if self.num_cond else None)
-        return to_uint8(out)
+        return conditioning.generate(net, self.sampler, video, label, rng, num_cond=self.num_cond,
+                                     num_classes=self.model_cfg.num_classes,
+                                     frame_conditioning=self.model_cfg.frame_conditioning,
+                                     mean_type=self.mean_type)
 
     # -- host side --------------------------------------------------------------------------------
     def __call__(self, batch: Mapping[str, np.ndarray], rng: Array) -> np.ndarray:
@@ -153,42 +107,9 @@ class Generator:
         if video.shape[1:] != expected:
             raise ValueError(f"batch['video'] has frames of shape {video.shape[1:]}; the model takes {expected}")
         label = np.asarray(batch.get("label", np.zeros(len(video), np.int32)), np.int32)
-        check_labels(label, self.model_cfg.num_classes)
-        n = len(video)
-        # Pad this process's share to a multiple of its devices; the padding is dropped again.
-        local = max(1, jax.local_device_count())
-        pad = (-n) % local
-        if pad:
-            video = np.concatenate([video, np.repeat(video[-1:], pad, 0)])
-            label = np.concatenate([label, np.repeat(label[-1:], pad, 0)])
-        g_video = jax.make_array_from_process_local_data(self.sharding, video)
-        g_label = jax.make_array_from_process_local_data(self.sharding, label)
-        out = self._jitted(self.state, g_video, g_label, rng)
-        local_out = np.concatenate([np.asarray(s.data) for s in
-                                    sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)])
-        return local_out[:n]
-
-
-def check_labels(label: np.ndarray, num_classes: int, *, allow_null: bool = True) -> None:
-    """Class labels must lie in [0, num_classes) (plus num_classes, the null class, when sampling);
-    an embedding lookup out of range would give NaN instead of an error."""
-    top = num_classes if allow_null else num_classes - 1
-    if num_classes and label.size and (label.min() < 0 or label.max() > top):
-        null = f" or {num_classes} (no class)" if allow_null else ""
-        raise ValueError(
-            f"labels must lie in [0, {num_classes - 1}]{null} for config.model.num_classes="
-            f"{num_classes}, got values from {label.min()} to {label.max()}; check "
-            "config.data.num_classes against the dataset"
-        )
-
-
-def write_strip(path: pathlib.Path, video: np.ndarray, *, num_cond: int = 0) -> None:
-    """A PNG of uint8 `[B, T, H, W, C]` clips, one row per clip (draw.strip: given frames framed
-    in draw.GIVEN, predicted ones in draw.PRED)."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(draw.strip(list(np.asarray(video)), num_cond=num_cond)).save(path)
+        conditioning.check_labels(label, self.model_cfg.num_classes)
+        (g_video, g_label), n = sharding.put_local_rows(self.sharding, video, label)
+        return sharding.local_rows(self._jitted(self.state, g_video, g_label, rng), n)
 
 
 def run(argv: list[str]) -> int:
@@ -209,7 +130,8 @@ def run(argv: list[str]) -> int:
     sharding.add_distributed_flags(parser)
     args = parser.parse_args(argv)
     absl.flags.FLAGS.mark_as_parsed()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        force=True)  # importing orbax already configured the root logger
 
     from sid2video import checkpoint
     from sid2video.data import pipeline

@@ -86,6 +86,35 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def put_local_rows(sharding: NamedSharding, *arrays_B: np.ndarray) -> tuple[list[jax.Array], int]:
+    """This process's rows of each array as one global array split by `sharding`, padded (with
+    copies of the last row) to a multiple of its devices. Returns the arrays and the real row count."""
+    n = len(arrays_B[0])
+    pad = (-n) % max(1, jax.local_device_count())
+    out = []
+    for a in arrays_B:
+        if pad:
+            a = np.concatenate([a, np.repeat(a[-1:], pad, 0)])
+        out.append(jax.make_array_from_process_local_data(sharding, a))
+    return out, n
+
+
+def local_rows(array_B: jax.Array, n: int) -> np.ndarray:
+    """The first `n` of this process's rows of a batch-split global array (drops `put_local_rows`'s
+    padding)."""
+    shards = sorted(array_B.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])[:n]
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process (a small all-gather when there are several)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
 def _train_key(config, key: str, default):
     train = config.get("train") if hasattr(config, "get") else None
     if train is None:

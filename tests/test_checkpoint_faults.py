@@ -118,6 +118,7 @@ def test_fit_resumes_from_the_checkpoint_before_a_damaged_one(tiny_run, tmp_path
     import jax
 
     from sid2video import train
+    from sid2video.trainer import Trainer
     from train_worker import Batches, tiny_config
 
     workdir = tmp_path / "run"
@@ -128,7 +129,7 @@ def test_fit_resumes_from_the_checkpoint_before_a_damaged_one(tiny_run, tmp_path
                         data_iterator=Batches(), progress=False)
     assert summary["start_step"] == 8 and summary["step"] == 10
     assert (workdir / "checkpoints" / "10.damaged").is_dir()
-    trainer = train.Trainer(tiny_config())
+    trainer = Trainer(tiny_config())
     target = {"params": trainer.abstract_state.params}
     a = ckpt.Checkpointer(workdir, async_save=False).restore(10, target)["params"]
     b = ckpt.Checkpointer(tiny_run, async_save=False).restore(10, target)["params"]

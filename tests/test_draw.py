@@ -117,10 +117,10 @@ def test_strip_geometry_and_frame_marks():
 
 def test_given_frames_have_one_colour_in_every_picture_and_stand_out_from_predicted_ones(tmp_path):
     """The clip beside its truth (render), the report's strips (evaluation) and the trainer's sample
-    strips (sample.write_strip) frame a given frame in the same colour, read back from the pixels
+    strips (preview.write_strip) frame a given frame in the same colour, read back from the pixels
     and files they produce: a green that no predicted-frame border comes near."""
     from evaluation import report
-    from sid2video import sample
+    from sid2video import preview
 
     clips = np.stack([_clip([(90, 90, 90)] * 4), _clip([(20, 20, 20)] * 4)])  # [2, 4, 8, 8, 3]
     num_cond = 2
@@ -134,7 +134,7 @@ def test_given_frames_have_one_colour_in_every_picture_and_stand_out_from_predic
     report.write_report(tmp_path / "report", {"metric": "fvd", "checkpoints": []},
                         strips={"s": (clips[:1], clips[1:])}, num_cond=num_cond)
     # the trainer's periodic sample strip.
-    sample.write_strip(tmp_path / "train" / "strip.png", clips, num_cond=num_cond)
+    preview.write_strip(tmp_path / "train" / "strip.png", clips, num_cond=num_cond)
     for path in (tmp_path / "report" / "samples_s.png", tmp_path / "train" / "strip.png"):
         with Image.open(path) as im:
             pixels = np.asarray(im.convert("RGB"))

@@ -262,9 +262,9 @@ def test_merge_statistics_through_a_gather_equals_one_shot():
 
 
 def _gather_worker(out, pid, nproc, port):
-    from sid2video import train
+    from sid2video import sharding
 
-    train.initialize_distributed(f"127.0.0.1:{port}", nproc, pid)
+    sharding.initialize_distributed(f"127.0.0.1:{port}", nproc, pid)
     assert jax.process_count() == nproc
     # float64 accumulators with a large offset, merged through the real process_allgather.
     acc = frechet.RunningStatistics(6).update(_large_offset_features(pid, 4 + pid))

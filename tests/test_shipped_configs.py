@@ -229,14 +229,15 @@ def test_bfloat16_kinetics600_structure_learns_and_samples_like_float32():
     """The paper configs compute in bfloat16: the K600 structure (scan, remat, dropout, bf16) lowers
     its loss on a tiny batch (by over 10 % in 25 updates), and its bf16 sampler agrees with the float32 one on the same
     parameters and noise: mean |difference| below 2 % of the pixel range, every pixel within 25 %."""
-    from sid2video import sample, train
+    from sid2video import sample
+    from sid2video.trainer import Trainer
 
     import optax
 
     config = _shrunk_kinetics600(**{"train.batch_size": 2, "train.warmup_steps": 0,
                                     "train.learning_rate": 3e-3})
     assert config.model.dtype == "bfloat16" and config.model.remat and config.model.scan_blocks
-    trainer = train.Trainer(config)
+    trainer = Trainer(config)
     state = trainer.init_state()
     t, h, w = np.meshgrid(np.arange(16), np.arange(16), np.arange(16), indexing="ij")
     clip = np.stack([np.sin((h + t) / 2.0), np.cos((w - t) / 3.0), np.sin((h + w) / 4.0)], -1)
@@ -262,7 +263,7 @@ def test_bfloat16_kinetics600_structure_learns_and_samples_like_float32():
     videos = {}
     for dtype in ("bfloat16", "float32"):
         cfg = _shrunk_kinetics600(**{"model.dtype": dtype, "sampler.num_steps": SAMPLER_STEPS})
-        model = train.Trainer(cfg).model(params)
+        model = Trainer(cfg).model(params)
         videos[dtype] = sample.Generator(model, cfg)(batch, jax.random.PRNGKey(3)).astype(np.float32) / 255
     diff = np.abs(videos["bfloat16"] - videos["float32"])[:, 5:]
     assert diff.mean() < 0.02 and diff.max() < 0.25, (diff.mean(), diff.max())

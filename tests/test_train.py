@@ -1,6 +1,9 @@
-"""The trainer: learning, exact resume, sharding invariance, multi-process, clear errors."""
+"""The trainer: learning, exact resume, sharding invariance, multi-process, gradient accumulation,
+EMA, non-finite updates, logs and clear errors."""
 
 import json
+import logging
+import math
 import os
 import pathlib
 import signal
@@ -14,8 +17,9 @@ import numpy as np
 import pytest
 
 from sid2video import checkpoint as ckpt
-from sid2video import config
-from sid2video import train
+from sid2video import optim, train
+from sid2video.config import LR_DECAYS, TrainConfig
+from sid2video.trainer import Trainer
 from train_worker import Batches, global_batch, tiny_config
 
 WORKER = str(pathlib.Path(__file__).with_name("train_worker.py"))
@@ -32,7 +36,7 @@ def _env(**extra):
 
 
 def _params(workdir, step=None, item="params"):
-    trainer = train.Trainer(tiny_config())
+    trainer = Trainer(tiny_config())
     c = ckpt.Checkpointer(workdir, async_save=False)
     target = trainer.abstract_state.params if item in ("params", "ema") else None
     got = c.restore(step, {item: target})[item]
@@ -40,9 +44,16 @@ def _params(workdir, step=None, item="params"):
     return [np.asarray(x) for x in jax.tree.leaves(got)]
 
 
+def _strict(constant):
+    raise ValueError(f"metrics.jsonl holds {constant}, which strict JSON does not allow")
+
+
+def _rows(workdir):
+    return [json.loads(line, parse_constant=_strict) for line in open(pathlib.Path(workdir) / "metrics.jsonl")]
+
+
 def _losses(workdir):
-    rows = [json.loads(line) for line in open(pathlib.Path(workdir) / "metrics.jsonl")]
-    return {r["step"]: r["loss"] for r in rows}
+    return {r["step"]: r["loss"] for r in _rows(workdir)}
 
 
 # Sharded and unsharded runs sum gradients in another order. Adam divides each update by the
@@ -63,7 +74,7 @@ def test_overfits_a_tiny_batch():
     cfg.loss.class_drop_rate = 0.0
     cfg.loss.cond_drop_rate = 0.0
     cfg.model.dropout = 0.0
-    trainer = train.Trainer(cfg)
+    trainer = Trainer(cfg)
     state = trainer.init_state()
     # One smooth moving pattern, repeated: a clip the network can memorise.
     t, h, w = np.meshgrid(np.arange(3), np.arange(8), np.arange(8), indexing="ij")
@@ -84,7 +95,9 @@ def test_overfits_a_tiny_batch():
     assert after < before / 4, (before, after)
 
 
-def test_sigterm_mid_run_then_resume_is_bit_identical(reference_run, tmp_path):
+def test_sigterm_mid_run_then_resume_is_bit_identical(reference_run, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sid2video")
+
     def hook(i):
         if i == 6:  # a real SIGTERM arrives while batch 6 is being fetched
             os.kill(os.getpid(), signal.SIGTERM)
@@ -94,6 +107,7 @@ def test_sigterm_mid_run_then_resume_is_bit_identical(reference_run, tmp_path):
     assert summary["step"] == 7  # finished the step in flight, saved, returned
     resumed = train.fit(tiny_config(), tmp_path, steps=10, data_iterator=Batches(), progress=False)
     assert resumed["start_step"] == 7 and resumed["step"] == 10
+    assert "resumed from step 7" in caplog.text and "stopped at step 10 (steps)" in caplog.text
     for a, b in zip(_params(tmp_path), _params(reference_run)):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(_params(tmp_path, item="ema"), _params(reference_run, item="ema")):
@@ -175,36 +189,135 @@ def test_mismatched_checkpoint_is_refused(reference_run):
 
 
 class NaNAt(Batches):
-    """Batch `bad` carries a NaN pixel (as float video), which makes the loss non-finite."""
+    """Batches `bad` (an int or a set) carry a NaN pixel (as float video): a non-finite loss."""
 
     def __init__(self, bad):
         super().__init__()
-        self.bad = bad
+        self.bad = {bad} if isinstance(bad, int) else set(bad)
 
     def __next__(self):
         i = self.i
         b = super().__next__()
         video = b["video"].astype(np.float32)
-        if i == self.bad:
+        if i in self.bad:
             video[0, -1, 0, 0, 0] = np.nan
         return dict(b, video=video)
 
 
-def test_nonfinite_loss_stops_with_a_snapshot(tmp_path):
+def test_nonfinite_loss_stops_with_a_snapshot_that_replays(reference_run, tmp_path):
     with pytest.raises(train.NonFiniteError, match=r"step 3: the loss \(nan\)") as err:
         train.fit(tiny_config(), tmp_path, steps=8, data_iterator=NaNAt(3), progress=False)
     snapshot = tmp_path / "debug_step_3"
     assert str(snapshot) in str(err.value)
-    assert np.isnan(np.load(snapshot / "batch.npz")["video"]).any()
-    params = _params(snapshot)
-    assert all(np.isfinite(p).all() for p in params)  # the bad update never reached the state
+    bad = dict(np.load(snapshot / "batch.npz"))
+    assert np.isnan(bad["video"]).any()
+    trainer = Trainer(tiny_config())
+
+    def restored():
+        c = ckpt.Checkpointer(snapshot, async_save=False)
+        state, _ = trainer.restore(c)
+        c.close()
+        return state
+
+    # The last good state: three updates done, and on the clean batch 3 it gives the loss that the
+    # uninterrupted run logged for its fourth step.
+    state = restored()
+    assert int(state.step) == 3
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.params))
+    _, m = trainer.step(state, global_batch(3))
+    assert float(m["loss"]) == pytest.approx(_losses(reference_run)[4], rel=1e-6)
+    # Replaying the failing batch on it fails again.
+    _, m = trainer.step(restored(), bad)
+    assert not bool(m["finite"]) and np.isnan(float(m["loss"]))
 
 
-def test_nonfinite_updates_can_be_skipped(tmp_path):
+def test_nonfinite_updates_can_be_skipped_and_are_null_in_the_metrics(tmp_path):
     summary = train.fit(tiny_config(on_nonfinite="skip"), tmp_path, steps=6, data_iterator=NaNAt(3),
                         progress=False)
     assert summary["step"] == 6 and summary["nonfinite_skipped"] == 1
     assert all(np.isfinite(p).all() for p in _params(tmp_path))
+    rows = {r["step"]: r for r in _rows(tmp_path)}  # strict JSON: NaN is null
+    assert rows[4]["loss"] is None and rows[4]["nonfinite_skipped"] == 1
+    assert all(isinstance(rows[s]["loss"], float) and math.isfinite(rows[s]["loss"]) for s in (1, 2, 3, 5, 6))
+
+
+def test_too_many_skipped_updates_stop_the_run(tmp_path):
+    cfg = tiny_config(on_nonfinite="skip", max_nonfinite_skips=2)
+    with pytest.raises(train.NonFiniteError, match=r"step 4: .* 3 updates of this run were skipped, more than "
+                                                    r"train.max_nonfinite_skips=2"):
+        train.fit(cfg, tmp_path, steps=8, data_iterator=NaNAt({1, 2, 4}), progress=False)
+    assert (tmp_path / "debug_step_4" / "batch.npz").is_file()
+    with pytest.raises(ValueError, match=r"config.train.max_nonfinite_skips=-1 is invalid"):
+        TrainConfig(max_nonfinite_skips=-1)
+
+
+def test_info_lines_reach_stderr_from_the_train_command():
+    # Importing orbax configures the root logger at WARNING; `sid2video train` must replace that
+    # before it logs, and keep other libraries' INFO chatter out.
+    code = ("import logging\nfrom sid2video import train\n"
+            "try:\n    train.run(['--workdir', 'unused'])\nexcept SystemExit:\n    pass\n"
+            "logging.getLogger('sid2video.train').info('resumed from step 7')\n"
+            "logging.getLogger('orbax').info('orbax chatter')\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sid2video.train INFO resumed from step 7" in proc.stderr
+    assert "orbax chatter" not in proc.stderr
+
+
+class _ExampleKeyed(Trainer):
+    """The trainer's loss with each example's noise drawn from its own index (not from its place in
+    a microbatch), so that a batch and its microbatches see the same draws."""
+
+    def loss_fn(self, params, batch, rng, step):
+        def one(video, label, index):
+            key = jax.random.fold_in(jax.random.PRNGKey(0), index)
+            return Trainer.loss_fn(self, params, {"video": video[None], "label": label[None]}, key, step)
+
+        losses, metrics = jax.vmap(one)(batch["video"], batch["label"], batch["index"])
+        return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+
+
+def test_gradient_accumulation_equals_one_full_batch_step():
+    batch = {k: jnp.asarray(v) for k, v in dict(global_batch(0), index=np.arange(8)).items()}
+    got = []
+    for n in (1, 2):
+        cfg = tiny_config(grad_accum_steps=n, warmup_steps=0)
+        cfg.model.dropout = 0.0
+        cfg.loss.class_drop_rate = cfg.loss.cond_drop_rate = 0.0
+        trainer = _ExampleKeyed(cfg)
+        state = trainer.init_state()
+
+        @jax.jit
+        def grads_and_step(state, batch, key):  # the step's gradients (its key is folded with the step) and the step
+            grads, _ = trainer.grads(state.params, batch, jax.random.fold_in(key, state.step), state.step)
+            return grads, trainer.train_step(state, batch, key)
+
+        grads, (new, m) = grads_and_step(state, batch, jax.random.PRNGKey(1))
+        got.append((jax.tree.leaves(grads), float(m["loss"]), float(m["grad_norm"]), jax.tree.leaves(new.params)))
+    (g1, loss1, norm1, p1), (g2, loss2, norm2, p2) = got
+    assert loss2 == pytest.approx(loss1, rel=1e-5) and norm2 == pytest.approx(norm1, rel=1e-5)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    for a, b in zip(p1, p2):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=PARAM_ATOL)
+
+
+def test_ema_and_its_warmup_follow_the_closed_form():
+    # decay_s = min(ema_decay, (1 + s) / (10 + s)) for update s = 0, 1, ...
+    tc = TrainConfig(ema_decay=0.9, ema_warmup=True)
+    for s, expected in [(0, 0.1), (1, 2 / 11), (8, 0.5), (80, 0.9), (10_000, 0.9)]:
+        assert float(optim.ema_decay(tc, s)) == pytest.approx(expected, rel=1e-6)
+    assert float(optim.ema_decay(TrainConfig(ema_decay=0.9), 0)) == pytest.approx(0.9)
+    trainer = Trainer(tiny_config(ema_decay=0.999, ema_warmup=True))
+    state = trainer.init_state()
+    ema = [np.asarray(p, np.float64) for p in jax.tree.leaves(state.params)]
+    for s in range(3):
+        state, _ = trainer.step(state, global_batch(s))
+        d = min(0.999, (1 + s) / (10 + s))
+        ema = [d * e + (1 - d) * np.asarray(p, np.float64) for e, p in zip(ema, jax.tree.leaves(state.params))]
+        for got, want in zip(jax.tree.leaves(state.ema), ema):
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_config_values_are_named():
@@ -212,29 +325,29 @@ def test_bad_config_values_are_named():
     cfg.train.batch_size = 6
     cfg.train.grad_accum_steps = 4
     with pytest.raises(ValueError, match=r"config.train.grad_accum_steps=4 is invalid: must divide train.batch_size=6"):
-        train.Trainer(cfg)
+        Trainer(cfg)
     cfg = tiny_config(on_nonfinite="ignore")
     with pytest.raises(ValueError, match=r"config.train.on_nonfinite='ignore'"):
-        train.Trainer(cfg)
+        Trainer(cfg)
     cfg = tiny_config(learning_rat=1.0)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rat'\]"):
-        train.Trainer(cfg)
-    trainer = train.Trainer(tiny_config())
+        Trainer(cfg)
+    trainer = Trainer(tiny_config())
     bad = dict(global_batch(0), label=np.full(8, 3, np.int32))  # tiny_config has 3 classes: 0, 1, 2
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\] for config.model.num_classes=3"):
         trainer.step(trainer.init_state(), bad)
     cfg = tiny_config()
     cfg.data.num_cond_frames = 3
     with pytest.raises(ValueError, match="num_cond_frames=3 must be below model.num_frames=3"):
-        train.Trainer(cfg)
+        Trainer(cfg)
 
 
-@pytest.mark.parametrize("decay", config.LR_DECAYS)
+@pytest.mark.parametrize("decay", LR_DECAYS)
 @pytest.mark.parametrize("warmup", [0, 10])
 def test_learning_rate_schedules_follow_their_closed_forms(decay, warmup):
     peak, total = 2e-3, 110
-    schedule = train.learning_rate_schedule(
-        config.TrainConfig(learning_rate=peak, warmup_steps=warmup, num_steps=total, lr_decay=decay))
+    schedule = optim.learning_rate_schedule(
+        TrainConfig(learning_rate=peak, warmup_steps=warmup, num_steps=total, lr_decay=decay))
 
     def expected(step):
         if step < warmup:
@@ -249,6 +362,6 @@ def test_learning_rate_schedules_follow_their_closed_forms(decay, warmup):
 
 def test_bad_learning_rate_decay_is_named():
     with pytest.raises(ValueError, match=r"config.train.lr_decay='exp' is invalid: choose one of 'none', 'cosine', 'linear'"):
-        config.TrainConfig(lr_decay="exp")
+        TrainConfig(lr_decay="exp")
     with pytest.raises(ValueError, match=r"train.warmup_steps=100 < train.num_steps=100"):
-        config.TrainConfig(lr_decay="cosine", warmup_steps=100, num_steps=100)
+        TrainConfig(lr_decay="cosine", warmup_steps=100, num_steps=100)

@@ -81,12 +81,13 @@ def _kill(workdir: str, steps: int, kill_at: int) -> None:
 def _shard(out: str) -> None:
     import jax
 
-    from sid2video import train
+    from sid2video import sharding
+    from sid2video.trainer import Trainer
 
     assert jax.device_count() == 8, jax.devices()
     results = {}
     for name, devices, fsdp in (("dp", jax.devices(), 1), ("fsdp", jax.devices(), 4)):
-        trainer = train.Trainer(tiny_config(fsdp=fsdp, fsdp_min_params=1), mesh=train.make_mesh(fsdp, devices))
+        trainer = Trainer(tiny_config(fsdp=fsdp, fsdp_min_params=1), mesh=sharding.make_mesh(fsdp, devices))
         state = trainer.init_state()
         losses = []
         for i in range(4):
@@ -109,9 +110,9 @@ def _dist(workdir: str, steps: int, pid: int, nproc: int, port: int, term_at: in
     SIGTERM while fetching that batch (the others must stop at the same step)."""
     import signal
 
-    from sid2video import train
+    from sid2video import sharding, train
 
-    train.initialize_distributed(f"127.0.0.1:{port}", nproc, pid)
+    sharding.initialize_distributed(f"127.0.0.1:{port}", nproc, pid)
     import jax
 
     assert jax.process_count() == nproc
