@@ -41,33 +41,33 @@ def progress_bar(total: int | None, desc: str, progress: bool):
 def data_config(config_data: Any, data_dir: str | None = None) -> dict[str, Any]:
     """config.data as a plain dict, `data_dir` put in; a clear error without dataset or folder."""
     from sid2video import checkpoint
-    from sid2video.data import pipeline
+    from sid2video.data import sources
 
     data = dict(checkpoint._plain(config_data) or {})   # pylint: disable=protected-access
     if data_dir:
         data["data_dir"] = str(data_dir)
-    if not pipeline.dataset_name(data):
+    if not sources.dataset_name(data):
         raise ValueError("the config names no dataset (config.data.dataset); pass a data config")
     if not data.get("data_dir"):
-        raise DataError(f"config.data.data_dir is not set for dataset {pipeline.dataset_name(data)!r}; "
+        raise DataError(f"config.data.data_dir is not set for dataset {sources.dataset_name(data)!r}; "
                         "pass --data_dir DIR")
     return data
 
 
 def default_split(data: Mapping[str, Any]) -> str:
-    from sid2video.data import pipeline
+    from sid2video.data import sources
 
-    return pipeline.eval_split(data)
+    return sources.eval_split(data)
 
 
 def split_size(data: Mapping[str, Any], split: str) -> int:
     """How many clips (images) the split has; DataError when it cannot be read."""
-    from sid2video.data import pipeline
+    from sid2video.data import sources
 
     try:
-        return pipeline.split_size(data, split)
+        return sources.split_size(data, split)
     except (FileNotFoundError, ValueError) as err:
-        raise DataError(f"cannot read the {split!r} split of {pipeline.dataset_name(data)!r} in "
+        raise DataError(f"cannot read the {split!r} split of {sources.dataset_name(data)!r} in "
                         f"{data.get('data_dir')}: {err} (pass --data_dir to point at the dataset)") from err
 
 
@@ -75,14 +75,14 @@ def check_num_samples(data: Mapping[str, Any], split: str, num_samples: int | st
                       total: int | None = None) -> int:
     """num_samples as a count of the split (None or 'all': the whole split of `total` records, read
     when not given); too many is an error."""
-    from sid2video.data import pipeline
+    from sid2video.data import sources
 
     n = split_size(data, split) if total is None else int(total)
     if num_samples in (None, "all"):
         return n
     if int(num_samples) > n:
         raise ValueError(f"num_samples={num_samples} is larger than the {split!r} split of "
-                         f"{pipeline.dataset_name(data)!r} in {data.get('data_dir')}, which has {n} "
+                         f"{sources.dataset_name(data)!r} in {data.get('data_dir')}, which has {n} "
                          f"{'clips' if int(data.get('num_frames', 1) or 1) > 1 else 'images'}; "
                          f"use --num_samples {n} or fewer")
     return int(num_samples)

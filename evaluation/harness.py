@@ -184,11 +184,11 @@ def _frechet(plan: _Plan, s: Settings, workdir) -> tuple[evaluators.Evaluator | 
 def _result_record(plan: _Plan, s: Settings, reference: dict | None) -> dict[str, Any]:
     """The result before any checkpoint: the protocol record, the reference statistics, notes."""
     from sid2video import checkpoint as ckpt
-    from sid2video.data import pipeline
+    from sid2video.data import sources
 
     c, proto = plan.clips, plan.proto
     record = protocol_record(
-        proto, dataset=pipeline.dataset_name(c.data), data_dir=c.data.get("data_dir"), split=c.split,
+        proto, dataset=sources.dataset_name(c.data), data_dir=c.data.get("data_dir"), split=c.split,
         num_samples=c.num_samples, split_size=c.split_size,
         clips=c.description()["rule"] if plan.loaded is None else "generated samples from a file",
         reference_samples=plan.ref_n if reference is not None else None, num_frames=plan.num_frames,

@@ -53,12 +53,12 @@ def cache_key(data: Mapping[str, Any], split: str, num_samples: int, extractor: 
               split_size: int, subset_seed: int = 0) -> dict:
     """What the reference statistics depend on (hashed into the cache file name)."""
     from sid2video import checkpoint
-    from sid2video.data import pipeline
+    from sid2video.data import sources
 
     data_dir = data.get("data_dir")
     return {
         "version": CACHE_VERSION,
-        "dataset": pipeline.dataset_name(data),
+        "dataset": sources.dataset_name(data),
         "data_dir": os.path.abspath(str(data_dir)) if data_dir else None,
         "format": data.get("format", "auto"),
         "split": split,

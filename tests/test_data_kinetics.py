@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 
-from sid2video.data import kinetics, synthetic, video_io
+from sid2video.data import clip_decoder, kinetics, synthetic, video_io
 
 # ffmpeg runs as a subprocess (fork + exec), which JAX's fork warning does not distinguish.
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 
 LENGTHS = [12, 16, 20, 24, 28, 30]
-SPEC = kinetics.ClipSpec(num_frames=4, frame_stride=3)  # spans 10 frames
+SPEC = clip_decoder.ClipSpec(num_frames=4, frame_stride=3)  # spans 10 frames
 
 
 def _write_dataset(root):
@@ -84,7 +84,7 @@ def test_eval_clip_is_centred_with_the_stride(dataset):
     index = kinetics.build_index(dataset, "train", progress=False)
     usable, _ = index.usable(SPEC)
     source = kinetics.FolderClipSource(index, usable)
-    decoder = kinetics.ClipDecoder(SPEC, (32, 40), train=False)
+    decoder = clip_decoder.ClipDecoder(SPEC, (32, 40), train=False)
     for i in range(len(source)):
         rec = source[i]
         out = decoder(rec, np.random.default_rng(0))
@@ -102,7 +102,7 @@ def test_train_clips_random_start_crop_and_flip(dataset):
     index = kinetics.build_index(dataset, "train", progress=False)
     usable, _ = index.usable(SPEC)
     rec = kinetics.FolderClipSource(index, usable)[[e["num_frames"] for e in usable].index(30)]
-    decoder = kinetics.ClipDecoder(SPEC, (32, 24), train=True)  # no resize: crop only
+    decoder = clip_decoder.ClipDecoder(SPEC, (32, 24), train=True)  # no resize: crop only
     starts, flips, offsets = set(), set(), set()
     for seed in range(24):
         video = decoder(rec, np.random.default_rng(seed))["video"]
@@ -127,7 +127,7 @@ def test_short_side_resize_then_crop(dataset):
     index = kinetics.build_index(dataset, "train", progress=False)
     usable, _ = index.usable(SPEC)
     rec = kinetics.FolderClipSource(index, usable)[0]
-    video = kinetics.ClipDecoder(SPEC, (16, 16), train=False)(rec, None)["video"]
+    video = clip_decoder.ClipDecoder(SPEC, (16, 16), train=False)(rec, None)["video"]
     assert video.shape == (4, 16, 16, 3)
     # 32x40 -> 16x20 -> centre 16x16: the blue ramp is halved and shifted by two columns.
     blue = video[0, 8, :, 2].astype(float)
@@ -143,8 +143,8 @@ def test_decoded_cache_gives_the_same_clips_and_stays_within_its_budget(dataset)
     source = kinetics.FolderClipSource(index, usable)
     records = [source[i] for i in range(len(source))]
     for size in [(32, 24), (16, 16)]:  # crop only; short-side resize then crop
-        plain = kinetics.ClipDecoder(SPEC, size, train=True)
-        cached = kinetics.ClipDecoder(SPEC, size, train=True, cache_mb=1)
+        plain = clip_decoder.ClipDecoder(SPEC, size, train=True)
+        cached = clip_decoder.ClipDecoder(SPEC, size, train=True, cache_mb=1)
         for rounds in range(2):
             for i, rec in enumerate(records):
                 a = plain(rec, np.random.default_rng([rounds, i]))
@@ -157,7 +157,7 @@ def test_decoded_cache_gives_the_same_clips_and_stays_within_its_budget(dataset)
     assert len(pickle.loads(pickle.dumps(cached)).cache) == 0
     records = sorted(records, key=lambda rec: -rec["num_frames"])  # the third is the shortest
     sizes = [16 * 20 * 3 * rec["num_frames"] for rec in records[:3]]  # 32x40 short side -> 16x20
-    small = kinetics.ClipDecoder(SPEC, (16, 16), train=False, cache_mb=(sizes[0] + sizes[1]) / 2**20)
+    small = clip_decoder.ClipDecoder(SPEC, (16, 16), train=False, cache_mb=(sizes[0] + sizes[1]) / 2**20)
     for rec in records[:2]:
         small(rec, None)
     assert len(small.cache) == 2 and small.cache.nbytes == sizes[0] + sizes[1]
@@ -169,11 +169,11 @@ def test_decoded_cache_gives_the_same_clips_and_stays_within_its_budget(dataset)
     small(records[0], None)  # evicted: decoded again
     assert small.cache.misses == 4
     with pytest.raises(ValueError, match="cache_mb"):
-        kinetics.ClipDecoder(SPEC, (16, 16), train=False, cache_mb=-1)
+        clip_decoder.ClipDecoder(SPEC, (16, 16), train=False, cache_mb=-1)
 
 
 def test_decode_failure_becomes_a_marker(dataset):
-    decoder = kinetics.ClipDecoder(SPEC, (32, 40), train=True)
+    decoder = clip_decoder.ClipDecoder(SPEC, (32, 40), train=True)
     rec = {"key": "bad", "path": str(dataset / "train" / "abseiling" / "corrupt0000_000000_000010.mp4"),
            "num_frames": 30, "height": 32, "width": 40, "label": 0}
     out = decoder(rec, np.random.default_rng(0))
@@ -181,11 +181,11 @@ def test_decode_failure_becomes_a_marker(dataset):
 
 
 def test_clip_spec_validation():
-    assert kinetics.ClipSpec(16, 2).span == 31
+    assert clip_decoder.ClipSpec(16, 2).span == 31
     with pytest.raises(ValueError, match="num_frames"):
-        kinetics.ClipSpec(0, 1)
+        clip_decoder.ClipSpec(0, 1)
     with pytest.raises(ValueError, match="shorter"):
-        kinetics.ClipSpec(16, 1).start(10, None)
+        clip_decoder.ClipSpec(16, 1).start(10, None)
 
 
 def test_flat_split_folder_takes_labels_from_the_csv(tmp_path):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from sid2video.data import kinetics, pipeline, synthetic
+from sid2video.data import batching, clip_decoder, kinetics, pipeline, sources, synthetic
 
 # ffmpeg runs as a subprocess (fork + exec), which JAX's fork warning does not distinguish.
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
@@ -135,15 +135,15 @@ def test_restored_state_continues_with_identical_batches(data_dir):
 
 def test_worker_processes_match_in_process_and_count_decode_failures(data_dir):
     cfg = _cfg(data_dir)
-    src = pipeline.make_source(cfg, split="train", train=False)
+    src = sources.make_source(cfg, split="train", train=False)
     # A stale index: one entry claims a readable video that is corrupt on disk.
     index = kinetics.build_index(data_dir, "train", progress=False)
-    entries, _ = index.usable(kinetics.ClipSpec(4, 2))
+    entries, _ = index.usable(clip_decoder.ClipSpec(4, 2))
     bad = dict(entries[3], key="stale_000000_000001", path="train/class_1/corrupt0000_000000_000001.mp4")
     src = dataclasses.replace(src, source=kinetics.FolderClipSource(index, entries[:3] + [bad] + entries[3:]))
 
     def run(workers, state=None, n=None):
-        stats = pipeline.LoaderStats("t")
+        stats = batching.LoaderStats("t")
         ds = pipeline.build_dataset(src, batch_size=4, seed=0, train=False, process_index=0, process_count=1,
                                     worker_count=workers, stats=stats)
         it = iter(ds)
@@ -176,12 +176,12 @@ def test_worker_processes_match_in_process_and_count_decode_failures(data_dir):
 
 def test_undecodable_tail_of_an_eval_pass_is_counted(data_dir):
     cfg = _cfg(data_dir)
-    src = pipeline.make_source(cfg, split="train", train=False)
+    src = sources.make_source(cfg, split="train", train=False)
     index = kinetics.build_index(data_dir, "train", progress=False)
-    entries, _ = index.usable(kinetics.ClipSpec(4, 2))
+    entries, _ = index.usable(clip_decoder.ClipSpec(4, 2))
     bad = dict(entries[0], key="stale_000000_000001", path="train/class_1/corrupt0000_000000_000001.mp4")
     src = dataclasses.replace(src, source=kinetics.FolderClipSource(index, entries + [bad]))
-    stats = pipeline.LoaderStats("t")
+    stats = batching.LoaderStats("t")
     batches = list(pipeline.build_dataset(src, batch_size=5, seed=0, train=False, process_index=0,
                                           process_count=1, stats=stats))
     assert [int(b["mask"].sum()) for b in batches] == [5, 5, 0]
@@ -213,8 +213,8 @@ def test_ml_collections_config_with_model_keys(data_dir):
 
 def test_config_errors_name_the_key(data_dir):
     with pytest.raises(ValueError, match="config.data.dataset='k700'"):
-        pipeline.make_source(dict(dataset="k700", data_dir=str(data_dir)), split="train", train=True)
+        sources.make_source(dict(dataset="k700", data_dir=str(data_dir)), split="train", train=True)
     with pytest.raises(FileNotFoundError, match="data.split='nope'"):
-        pipeline.make_source(_cfg(data_dir), split="nope", train=True)
+        sources.make_source(_cfg(data_dir), split="nope", train=True)
     with pytest.raises(ValueError, match="no usable videos"):
-        pipeline.make_source(_cfg(data_dir, num_frames=30), split="train", train=True)
+        sources.make_source(_cfg(data_dir, num_frames=30), split="train", train=True)

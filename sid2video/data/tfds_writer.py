@@ -21,7 +21,7 @@ import os
 import pathlib
 from typing import Callable, Sequence
 
-from sid2video.data import files, kinetics, prepared
+from sid2video.data import files, prepared, skips
 
 MANIFEST_FILE = "sid2video_prepare-{split}.json"
 
@@ -68,7 +68,7 @@ def _write_shard(path: pathlib.Path, chunk: Sequence[pathlib.Path], encoded, bar
         for item, (record, entry, reason) in zip(chunk, encoded):
             if record is None:
                 skipped.append({"path": str(entry["path"]) if entry else str(item), "reason": reason})
-                kinetics.log_skip_once(str(item), reason)
+                skips.log_skip_once(str(item), reason)
             else:
                 writer.write(record)
                 entries.append(entry)
