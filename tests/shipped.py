@@ -93,7 +93,7 @@ def write_random_inception(path: pathlib.Path) -> pathlib.Path:
     import numpy as np
 
     from evaluation import inception
-    from evaluation import weights as wlib
+    from evaluation import weight_cache
 
     arrays = {}
 
@@ -102,7 +102,7 @@ def write_random_inception(path: pathlib.Path) -> pathlib.Path:
         return leaf
 
     jax.tree_util.tree_map_with_path(put, inception.random(0).params.host)
-    return wlib.save_npz(path, arrays)
+    return weight_cache.save_npz(path, arrays)
 
 
 def env(devices: int = 2, **extra) -> dict[str, str]:

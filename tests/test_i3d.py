@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from evaluation import frechet, i3d
-from evaluation import weights as wlib
+from evaluation import frechet, i3d, weight_cache, weights
 
 CROSS_CHECK_SHAPE = (1, 9, 224, 224, 3)   # the smallest clip the network accepts: T >= 9
 
@@ -152,12 +151,12 @@ def test_input_checks(net):
 def test_weights_are_cached_and_checksummed(net, cache_dir, tmp_path, monkeypatch):
     cached = list(cache_dir.glob("i3d-kinetics-400-*.npz"))
     assert len(cached) == 1
-    arrays = wlib.load_npz(cached[0])
+    arrays = weight_cache.load_npz(cached[0])
     assert str(arrays["__source_sha256__"]) == i3d.SOURCE_SHA256
     assert arrays["Conv3d_1a_7x7/conv/kernel"].shape == (7, 7, 7, 3, 64)
     assert arrays["Mixed_5c/Branch_1/Conv3d_0b_3x3/bn/var"].shape == (384,)   # from (1, 1, 1, 1, C)
     # The installed package file is the one whose checksum is recorded.
-    assert wlib.sha256(i3d.source_path()) == i3d.SOURCE_SHA256
+    assert weight_cache.sha256(i3d.source_path()) == i3d.SOURCE_SHA256
 
     # A second load reads the cache and does not touch the pickle.
     def no_convert(*a, **k):
@@ -193,12 +192,12 @@ def test_weight_pickle_is_restricted(tmp_path):
     path = tmp_path / "evil.ckpt"
     path.write_bytes(pickle.dumps({"params": {"w": Evil()}}))
     with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
-        wlib.load_numpy_pickle(path)
+        weights.load_numpy_pickle(path)
     assert not marker.exists()
     # Plain numeric arrays, including numpy's own reconstruction path, load fine.
     ok = tmp_path / "ok.ckpt"
     ok.write_bytes(pickle.dumps({"a": {"b": np.arange(6, dtype=np.float32).reshape(2, 3)}}))
-    np.testing.assert_array_equal(wlib.load_numpy_pickle(ok)["a"]["b"], np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(weights.load_numpy_pickle(ok)["a"]["b"], np.arange(6).reshape(2, 3))
 
 
 def test_batch_sharded_over_devices(tmp_path):

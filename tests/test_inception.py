@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from evaluation import inception
-from evaluation import weights as wlib
+from evaluation import inception, weights
 
 # ----------------------------------------------------------------------------------------------
 # Writing torch.save files without torch: the pickle names torch's globals, storages are
@@ -231,7 +230,7 @@ def test_pth_round_trip_preserves_outputs(torch_weights, reference_net, images, 
     # Both torch.save container formats read back exactly.
     for name, write in (("zip.pth", write_pth_zip), ("legacy.pth", write_pth_legacy)):
         write(tmp_path / name, extra)
-        read = wlib.read_torch_state_dict(tmp_path / name)
+        read = weights.read_torch_state_dict(tmp_path / name)
         assert set(read) == set(extra), name
         for k, v in extra.items():
             assert read[k].dtype == v.dtype and read[k].shape == v.shape, (name, k)
@@ -249,12 +248,12 @@ def test_strided_tensors_in_shared_storage(tmp_path):
     view = _Tensor(st, 3, (4, 6), (1, 4))     # a transposed 6x4 block starting at element 3
     pth = tmp_path / "views.pth"
     write_pth_zip(pth, {}, extra_tensors=[("v", view, st)])
-    got = wlib.read_torch_state_dict(pth)["v"]
+    got = weights.read_torch_state_dict(pth)["v"]
     np.testing.assert_array_equal(got, base[3:27].reshape(6, 4).T)
     bad = _Tensor(_Storage("small", np.zeros(4, np.float32)), 0, (3, 3), (3, 1))
     write_pth_zip(pth, {}, extra_tensors=[("bad", bad, bad.storage)])
     with pytest.raises(ValueError, match="runs past its storage"):
-        wlib.read_torch_state_dict(pth)
+        weights.read_torch_state_dict(pth)
 
 
 def test_conversion_rejects_wrong_files(torch_weights, tmp_path):
@@ -294,5 +293,5 @@ def test_torch_pickle_is_restricted(tmp_path):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
     with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
-        wlib.read_torch_state_dict(path)
+        weights.read_torch_state_dict(path)
     assert not marker.exists()
