@@ -19,12 +19,12 @@ import pathlib
 import sys
 import time
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from sid2video import config as config_lib
-from sid2video import flags
+from sid2video import demo_positions, flags
 
 log = logging.getLogger("sid2video.demo")
 
@@ -75,67 +75,45 @@ def _loss_curve(run_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray([r["step"] for r in rows]), np.asarray([r["loss"] for r in rows])
 
 
-# ----------------------------------------------------------------------------- positions
-
-
-def _moments(video: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per frame of [B, T, H, W, C] uint8: the bright mass, its centroid (y, x) and its spread
-    (root mean squared distance of the bright pixels from the centroid)."""
-    v = np.asarray(video, np.float64).max(axis=-1)
-    w = np.maximum(v - threshold, 0.0)
-    h, wd = v.shape[-2:]
-    ys, xs = np.arange(h)[:, None], np.arange(wd)[None, :]
-    total = w.sum(axis=(-2, -1))
-    safe = np.where(total > 0, total, 1.0)
-    cy = np.where(total > 0, (w * ys).sum(axis=(-2, -1)) / safe, (h - 1) / 2)
-    cx = np.where(total > 0, (w * xs).sum(axis=(-2, -1)) / safe, (wd - 1) / 2)
-    dist2 = (ys - cy[..., None, None]) ** 2 + (xs - cx[..., None, None]) ** 2
-    spread = np.sqrt((w * dist2).sum(axis=(-2, -1)) / safe)
-    return total, np.stack([cy, cx], axis=-1), spread
-
-
-def centroids(video: np.ndarray, threshold: float = 48.0) -> np.ndarray:
-    """The brightness centroid (y, x) of every frame of [B, T, H, W, C] uint8: where the digit is.
-
-    The background is black; pixels darker than `threshold` (sampling speckle) do not count.
-    A frame with no bright pixel gets the frame centre.
-    """
-    return _moments(video, threshold)[1]
-
-
-def digit_shown(video: np.ndarray, truth: np.ndarray, threshold: float = 48.0) -> np.ndarray:
-    """Whether each frame of `video` shows one digit like the one in the same frame of `truth`
-    ([B, T] bool): its bright mass within a factor 2 of the truth's and its bright pixels no more
-    spread out than 1.5 times the truth's (+ half a pixel). Noise or an empty frame fails, so a
-    centroid that lands near the digit by chance is not mistaken for a prediction."""
-    mass, _, spread = _moments(video, threshold)
-    mass_true, _, spread_true = _moments(truth, threshold)
-    ratio = mass / np.maximum(mass_true, 1e-9)
-    return (ratio >= 0.5) & (ratio <= 2.0) & (spread <= 1.5 * spread_true + 0.5)
-
-
-def true_positions(truth: np.ndarray, top_left: np.ndarray) -> np.ndarray:
-    """Positions of the digit from the saved ground truth: its top-left corner in every frame plus
-    the glyph's centroid offset, measured once on the first (given) frame. [B, T, 2]."""
-    offset = centroids(truth[:, :1])[:, 0] - top_left[:, 0]
-    return top_left + offset[:, None, :]
-
-
 # ----------------------------------------------------------------------------- video
 
 
 def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | None, num_eval: int,
                sampler_steps: int | None, fvd: bool, seed: int, train_clips: int,
                overrides: list[tuple[str, str]] = ()) -> dict:
-    import jax
-
-    from evaluation import metrics
-    from sid2video import checkpoint, render, sample
-    from sid2video.data import pipeline, synthetic
-
+    """Writes the data, trains, predicts `num_eval` test clips, measures them and writes the report."""
     t0 = time.time()
     data_dir = workdir / "data"
-    counts = {"train": train_clips, "val": 8, "test": num_eval}
+    _write_moving_digits(data_dir, seed, {"train": train_clips, "val": 8, "test": num_eval})
+
+    config = _configure("video", data_dir, seed, sampler_steps, overrides)
+    run_dir = workdir / "run"
+    _say("2/5 training the tiny frame-prediction model (5 given frames -> 11 predicted)")
+    summary = _train(config, run_dir, minutes=minutes, steps=steps)
+
+    _say(f"3/5 predicting {num_eval} held-out clips with {config.sampler.method} "
+         f"({config.sampler.num_steps} steps) from the EMA parameters")
+    clips = _predict_test_clips(run_dir, num_eval, seed)
+
+    _say("4/5 measuring predictions and the copy-last-frame baseline")
+    truth_BTHWC = clips.videos["truth"]
+    result: dict[str, Any] = {"step": clips.step, "train": {k: v for k, v in summary.items() if k != "last_metrics"},
+                              "num_clips": len(truth_BTHWC), "num_cond": clips.num_cond, "sampler": clips.sampler}
+    per_frame = _score_predictions(result, clips, _digit_positions(data_dir, clips))
+    if fvd:
+        _score_fvd(result, clips)
+
+    _say("5/5 rendering MP4s and writing the report")
+    result["renders"] = _render_predictions(workdir, run_dir, clips)
+    result["seconds"] = time.time() - t0
+    _video_report(workdir, run_dir, result, per_frame)
+    return result
+
+
+def _write_moving_digits(data_dir: pathlib.Path, seed: int, counts: dict[str, int]) -> None:
+    """The moving-digits dataset in `data_dir`, written unless the same one is already there."""
+    from sid2video.data import synthetic
+
     marker = data_dir / "DONE.json"
     wanted = {"counts": counts, "seed": seed, **VIDEO_DATA}
     if not marker.exists() or json.loads(marker.read_text()) != wanted:
@@ -145,71 +123,105 @@ def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
     else:
         _say(f"1/5 the moving-digits dataset is already in {data_dir}")
 
-    config = _configure("video", data_dir, seed, sampler_steps, overrides)
-    run_dir = workdir / "run"
-    _say("2/5 training the tiny frame-prediction model (5 given frames -> 11 predicted)")
-    summary = _train(config, run_dir, minutes=minutes, steps=steps)
 
-    _say(f"3/5 predicting {num_eval} held-out clips with {config.sampler.method} "
-         f"({config.sampler.num_steps} steps) from the EMA parameters")
+class _Predictions(NamedTuple):
+    """Test clips and their predictions: `videos` maps truth, model and copy_last_frame to uint8
+    [B, T, H, W, 3]; `keys` and `starts` name each clip's video and first frame."""
+
+    videos: dict[str, np.ndarray]
+    num_cond: int
+    keys: list[str]
+    starts: np.ndarray
+    step: int
+    sampler: dict
+
+
+def _predict_test_clips(run_dir: pathlib.Path, num_eval: int, seed: int) -> _Predictions:
+    """The first `num_eval` test clips predicted from their given frames with the EMA parameters,
+    and the copy-last-frame baseline."""
+    import jax
+
+    from evaluation import metrics
+    from sid2video import checkpoint, sample
+    from sid2video.data import pipeline
+
     model, run_config, step = checkpoint.load_model(run_dir)
     generator = sample.Generator(model, run_config)
     it = pipeline.make_eval_iterator(run_config.data, batch_size=num_eval, split="test")
     batch = next(it)
     keep = np.asarray(batch["mask"], bool)
-    truth = np.asarray(batch["video"])[keep]
-    pred = generator({"video": truth}, jax.random.PRNGKey(seed))
+    truth_BTHWC = np.asarray(batch["video"])[keep]
+    pred_BTHWC = generator({"video": truth_BTHWC}, jax.random.PRNGKey(seed))
     num_cond = generator.num_cond
-    baseline = metrics.copy_last_frame(truth, num_cond)
+    baseline_BTHWC = metrics.copy_last_frame(truth_BTHWC, num_cond)
+    return _Predictions({"truth": truth_BTHWC, "model": pred_BTHWC, "copy_last_frame": baseline_BTHWC}, num_cond,
+                        [it.keys[i] for i in np.asarray(batch["index"])[keep]], np.asarray(batch["start"])[keep],
+                        step, dict(run_config.sampler.to_dict()))
 
-    _say("4/5 measuring predictions and the copy-last-frame baseline")
+
+def _digit_positions(data_dir: pathlib.Path, clips: _Predictions) -> np.ndarray:
+    """The digit's true position (y, x) in every frame of the test clips [B, T, 2], at the loaded size."""
+    from sid2video.data import synthetic
+
+    truth_BTHWC = clips.videos["truth"]
     gt = synthetic.load_ground_truth(data_dir, "test")["clips"]
-    keys = [it.keys[i] for i in np.asarray(batch["index"])[keep]]
-    starts = np.asarray(batch["start"])[keep]
-    t = truth.shape[1]
-    scale = truth.shape[2] / VIDEO_DATA["height"]  # the loader resized the written frames
-    top_left = scale * np.stack([np.asarray(gt[k]["digits"][0]["top_left"], np.float64)[s:s + t]
-                                 for k, s in zip(keys, starts)])
-    where = true_positions(truth, top_left)
-    result: dict[str, Any] = {"step": step, "train": {k: v for k, v in summary.items() if k != "last_metrics"},
-                              "num_clips": len(truth), "num_cond": num_cond,
-                              "sampler": dict(run_config.sampler.to_dict())}
+    t = truth_BTHWC.shape[1]
+    scale = truth_BTHWC.shape[2] / VIDEO_DATA["height"]  # the loader resized the written frames
+    top_left_BT2 = scale * np.stack([np.asarray(gt[k]["digits"][0]["top_left"], np.float64)[s:s + t]
+                                     for k, s in zip(clips.keys, clips.starts)])
+    return demo_positions.true_positions(truth_BTHWC, top_left_BT2)
+
+
+def _score_predictions(result: dict, clips: _Predictions, where_BT2: np.ndarray) -> dict:
+    """PSNR, SSIM, position error and digit-shown rate of both rows into `result`; returns the
+    per-frame PSNR and position error of each row (for the plots)."""
+    from evaluation import metrics
+
+    truth_BTHWC, c = clips.videos["truth"], clips.num_cond
     per_frame = {}
-    for name, video in (("model", pred), ("copy_last_frame", baseline)):
-        m = metrics.frame_metrics(video, truth, num_cond)
-        err = np.linalg.norm(centroids(video[:, num_cond:]) - where[:, num_cond:], axis=-1)
-        shown = digit_shown(video[:, num_cond:], truth[:, num_cond:])
+    for name in ("model", "copy_last_frame"):
+        video_BTHWC = clips.videos[name]
+        m = metrics.frame_metrics(video_BTHWC, truth_BTHWC, c)
+        err_BT = np.linalg.norm(demo_positions.centroids(video_BTHWC[:, c:]) - where_BT2[:, c:], axis=-1)
+        shown_BT = demo_positions.digit_shown(video_BTHWC[:, c:], truth_BTHWC[:, c:])
         # PSNR: per-frame values capped at metrics.PSNR_CAP_DB (an exact frame is not +inf); SSIM: None
         # (n/a) for frames smaller than its window; a frame with no bright pixel has the centre as position.
-        per_frame[name] = {"psnr": m["psnr"].mean(0), "position_error": err.mean(0)}
+        per_frame[name] = {"psnr": m["psnr"].mean(0), "position_error": err_BT.mean(0)}
         result[name] = {"psnr": float(m["psnr"].mean()),
                         "ssim": float(m["ssim"].mean()) if "ssim" in m else None,
-                        "position_error_px": float(err.mean()), "digit_shown": float(shown.mean())}
+                        "position_error_px": float(err_BT.mean()), "digit_shown": float(shown_BT.mean())}
     result["psnr_convention"] = metrics.PSNR_CONVENTION
-    if fvd:
-        from evaluation import fvd as fvd_lib
+    return per_frame
 
-        _say("    FVD (I3D on the CPU takes a few seconds per clip)")
-        ref = fvd_lib.FeatureExtractor(num_cond_frames=num_cond)
-        ref.update(truth)
-        for name, video in (("model", pred), ("copy_last_frame", baseline)):
-            ext = fvd_lib.FeatureExtractor(num_cond_frames=num_cond, net=ref.net)
-            ext.update(video)
-            # One clip has no covariance: FVD is n/a (None); fewer clips than I3D's 400 features is finite.
-            result[name]["fvd"] = fvd_lib.distance(ext.stats, ref.stats) if len(truth) > 1 else None
-        result["fvd_protocol"] = (f"I3D logits of all {t} frames (the {num_cond} conditioning frames "
-                                  f"included) at {truth.shape[2]}², {len(truth)} predicted vs the same "
-                                  f"{len(truth)} true clips")
 
-    _say("5/5 rendering MP4s and writing the report")
-    npz = run_dir / "samples" / f"step_{step}.npz"
+def _score_fvd(result: dict, clips: _Predictions) -> None:
+    """FVD of both rows against the true clips, and the protocol line, into `result`."""
+    from evaluation import fvd as fvd_lib
+
+    truth_BTHWC, num_cond = clips.videos["truth"], clips.num_cond
+    _say("    FVD (I3D on the CPU takes a few seconds per clip)")
+    ref = fvd_lib.FeatureExtractor(num_cond_frames=num_cond)
+    ref.update(truth_BTHWC)
+    for name in ("model", "copy_last_frame"):
+        ext = fvd_lib.FeatureExtractor(num_cond_frames=num_cond, net=ref.net)
+        ext.update(clips.videos[name])
+        # One clip has no covariance: FVD is n/a (None); fewer clips than I3D's 400 features is finite.
+        result[name]["fvd"] = fvd_lib.distance(ext.stats, ref.stats) if len(truth_BTHWC) > 1 else None
+    result["fvd_protocol"] = (f"I3D logits of all {truth_BTHWC.shape[1]} frames (the {num_cond} conditioning "
+                              f"frames included) at {truth_BTHWC.shape[2]}², {len(truth_BTHWC)} predicted vs the "
+                              f"same {len(truth_BTHWC)} true clips")
+
+
+def _render_predictions(workdir: pathlib.Path, run_dir: pathlib.Path, clips: _Predictions) -> list[str]:
+    """The predictions saved as the run's sample file and rendered to MP4s; the MP4 paths."""
+    from sid2video import render
+
+    truth_BTHWC = clips.videos["truth"]
+    npz = run_dir / "samples" / f"step_{clips.step}.npz"
     npz.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(npz, sample=pred, truth=truth, label=np.zeros(len(truth), np.int32), num_cond=num_cond)
-    renders = render.render_npz(npz, workdir / "renders", fmt=("mp4",), max_grid=16)
-    result["renders"] = [str(p) for p in renders]
-    result["seconds"] = time.time() - t0
-    _video_report(workdir, run_dir, result, per_frame)
-    return result
+    np.savez_compressed(npz, sample=clips.videos["model"], truth=truth_BTHWC,
+                        label=np.zeros(len(truth_BTHWC), np.int32), num_cond=clips.num_cond)
+    return [str(p) for p in render.render_npz(npz, workdir / "renders", fmt=("mp4",), max_grid=16)]
 
 
 def _video_report(workdir: pathlib.Path, run_dir: pathlib.Path, result: dict, per_frame: dict) -> None:

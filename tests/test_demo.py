@@ -51,20 +51,20 @@ def test_video_demo_writes_decodable_mp4s_and_a_report(video_demo):
 
 
 def test_positions_follow_the_saved_ground_truth():
-    from sid2video import demo
+    from sid2video import demo_positions
 
     video = np.zeros((1, 3, 16, 16, 3), np.uint8)
     corners = np.array([[[2, 3], [4, 6], [9, 1]]], np.float64)
     for f, (y, x) in enumerate(corners[0].astype(int)):
         video[0, f, y:y + 3, x:x + 2] = 255  # a 3x2 block: centroid offset (1, 0.5)
-    np.testing.assert_allclose(demo.centroids(video), corners + [1.0, 0.5])
-    np.testing.assert_allclose(demo.true_positions(video, corners), corners + [1.0, 0.5])
+    np.testing.assert_allclose(demo_positions.centroids(video), corners + [1.0, 0.5])
+    np.testing.assert_allclose(demo_positions.true_positions(video, corners), corners + [1.0, 0.5])
     # The same blocks moved are digits; an empty frame, uniform noise, and a block 3x as big are not.
     moved = np.roll(video, 2, axis=3)
     rng = np.random.default_rng(0)
     other = np.stack([np.zeros((16, 16, 3)), rng.integers(0, 256, (16, 16, 3)), np.zeros((16, 16, 3))])
     other[2, 0:9, 0:6] = 255
-    shown = demo.digit_shown(np.stack([moved[0], other.astype(np.uint8)]), np.concatenate([video, video]))
+    shown = demo_positions.digit_shown(np.stack([moved[0], other.astype(np.uint8)]), np.concatenate([video, video]))
     np.testing.assert_array_equal(shown, [[True, True, True], [False, False, False]])
 
 
