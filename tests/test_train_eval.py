@@ -209,3 +209,51 @@ def test_held_out_set_errors_name_the_key(config_file, tmp_path):
     msg = str(err.value)
     assert msg.startswith("sid2video train: config.train.eval_num_clips=4 is invalid") and "\n" not in msg
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+class _StandInI3D:
+    """A cheap stand-in for I3D that counts its calls: 2×2 average pools of each frame, projected
+    to I3D's 400 features by a fixed random matrix."""
+
+    checksum = "stand-in-i3d-v1"
+
+    def __init__(self, frames):
+        self.calls = 0
+        w = jax.numpy.asarray(np.random.default_rng(0).normal(size=(12 * frames, 400)), jax.numpy.float32)
+        self._f = jax.jit(lambda x: jax.numpy.mean(x.reshape(x.shape[0], x.shape[1], 2, 112, 2, 112, 3), axis=(3, 5))
+                          .reshape(x.shape[0], -1) @ w)
+
+    def __call__(self, x):
+        self.calls += 1
+        return self._f(x)
+
+
+def test_fvd_and_frames_see_the_same_clips_and_noise_at_every_call(tmp_path):
+    from evaluation import frechet, fvd
+    from sid2video.models import uvit
+
+    frames = 9  # I3D's shortest clip
+    synthetic.write_moving_digits(tmp_path / "digits", counts={"val": VAL}, num_frames=frames, height=RES,
+                                  width=RES, digit_size=8, num_digits=1, progress=False, workers=1)
+    (tmp_path / "c.py").write_text(CONFIG_FILE.format(data_dir=str(tmp_path / "digits"), frames=frames, cond=2,
+                                                      res=RES, held_out=HELD_OUT, seed=SEED))
+    config = config_lib.load(str(tmp_path / "c.py"))
+    config.train.update(eval_every=1, eval_metrics="frames,fvd")
+    net = _StandInI3D(frames)
+    hook = in_training.TrainingEvaluation(config, tmp_path / "run", feature_nets={"fvd": net})
+    model = uvit.create(config.model, seed=1)
+    first = hook(1, model)
+    assert net.calls == 2  # the held-out clips' statistics, then the samples'
+    assert hook(2, model) == first  # the same clips and noise: the same numbers for the same network
+    assert net.calls == 3  # the reference statistics are computed once
+    assert first["num_samples"] == HELD_OUT and math.isfinite(first["fvd"]) and math.isfinite(first["psnr"])
+    # FVD from the clips and the Generator's samples directly.
+    positions = clips.subset_positions(VAL, HELD_OUT, seed=0)
+    video = np.asarray(next(pipeline.make_eval_iterator(config.data, batch_size=HELD_OUT, split="val",
+                                                        positions=positions))["video"])
+    out = sample.Generator(model, config)({"video": video, "label": np.zeros(HELD_OUT, np.int32)},
+                                          jax.random.fold_in(jax.random.PRNGKey(SEED), 0))
+    features = fvd.FeatureExtractor(net=net, batch_size=HELD_OUT)
+    stats = [frechet.RunningStatistics(400).update(features.features(v)) for v in (out, video)]
+    assert first["fvd"] == pytest.approx(fvd.distance(*stats), rel=1e-4)
+    assert first["psnr"] == pytest.approx(_psnr_closed_form(out[:, 2:], video[:, 2:]), rel=1e-5)
