@@ -14,7 +14,7 @@ import sys
 # name -> (module providing `run(argv) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sid2video.demo", "run the embedded end-to-end job: data, training, sampling, metrics, MP4s"),
-    "train": ("sid2video.train", "train a model from a config (--config configs/kinetics600.py:small)"),
+    "train": ("sid2video.train_command", "train a model from a config (--config configs/kinetics600.py:small)"),
     "sample": ("sid2video.sample", "sample from a checkpoint"),
     "evaluate": ("evaluation.harness", "compute FVD / FID and frame-prediction metrics for a checkpoint"),
     "render": ("sid2video.render", "render predictions as MP4 / GIF / PNG"),

@@ -43,6 +43,9 @@ LOSS_DROP_DEFAULTS: dict[str, float] = dict(class_drop_rate=0.0, cond_drop_rate=
 
 LR_DECAYS = ("none", "cosine", "linear")
 
+# config.train.eval_metrics: the evaluators run during training ('auto' picks one from config.data).
+EVAL_METRICS = ("frames", "fvd", "fid")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -73,18 +76,28 @@ class TrainConfig:
     sample_every: int = 0  # periodic EMA samples written as PNG strips; 0 = off
     num_samples: int = 4
     peak_flops_per_device: float = 0.0  # for MFU; 0 = look up the device kind, else no MFU
+    # Evaluation during training (`sid2video train`; evaluation/in_training.py): every eval_every
+    # steps the EMA network samples the same eval_num_clips clips of config.data's eval split with
+    # the same noise, and the metrics go to metrics.jsonl and TensorBoard as eval/<name>.
+    eval_every: int = 0  # 0 = off
+    eval_num_clips: int = 16  # the held-out set: a seeded subset of the eval split, fixed for the run
+    # Comma-separated names from EVAL_METRICS: 'frames' (PSNR/SSIM of the predicted frames; needs
+    # data.num_cond_frames > 0), 'fvd' (I3D; clips of >= 9 frames), 'fid' (images; the FID Inception
+    # weights). 'auto': 'frames' with conditioning frames, else 'fvd' for video, 'fid' for images.
+    eval_metrics: str = "auto"
+    eval_sampler_steps: int = 0  # sampler steps of these evaluations; 0 = config.sampler.num_steps
 
     def __post_init__(self):
         def bad(key, allowed):
             return ValueError(f"config.train.{key}={getattr(self, key)!r} is invalid: {allowed}")
 
         for key in ("batch_size", "num_steps", "grad_accum_steps", "fsdp", "log_every",
-                    "checkpoint_every", "keep_checkpoints", "num_samples"):
+                    "checkpoint_every", "keep_checkpoints", "num_samples", "eval_num_clips"):
             v = getattr(self, key)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise bad(key, "must be an integer >= 1")
         for key in ("warmup_steps", "keep_every", "sample_every", "fsdp_min_params",
-                    "max_nonfinite_skips"):
+                    "max_nonfinite_skips", "eval_every", "eval_sampler_steps"):
             v = getattr(self, key)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
                 raise bad(key, "must be an integer >= 0")
@@ -105,6 +118,12 @@ class TrainConfig:
             raise bad("on_nonfinite", "choose 'stop' or 'skip'")
         if self.batch_size % self.grad_accum_steps:
             raise bad("grad_accum_steps", f"must divide train.batch_size={self.batch_size}")
+        parse_eval_metrics(self.eval_metrics)
+
+    @property
+    def eval_metric_names(self) -> tuple[str, ...]:
+        """config.train.eval_metrics as a tuple of names (('auto',) for 'auto')."""
+        return parse_eval_metrics(self.eval_metrics)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "TrainConfig":
@@ -114,6 +133,33 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"config.train has unknown key(s) {unknown}; known: {', '.join(sorted(names))}")
         return cls(**cfg)
+
+
+def parse_eval_metrics(value: Any) -> tuple[str, ...]:
+    """config.train.eval_metrics ('frames,fvd', 'auto', ...) as a tuple of names; a ValueError
+    naming the key when it is not a comma-separated string of EVAL_METRICS, each once, or 'auto'."""
+    names = tuple(n.strip() for n in value.split(",")) if isinstance(value, str) else ()
+    if names == ("auto",) or (names and set(names) <= set(EVAL_METRICS) and len(set(names)) == len(names)):
+        return names
+    raise _fail("train.eval_metrics", value, f"must be a comma-separated string of "
+                f"{', '.join(map(repr, EVAL_METRICS))} (each once), or 'auto'")
+
+
+def eval_metrics(config) -> tuple[str, ...]:
+    """The evaluators config.train.eval_metrics names for this config's data ('auto' resolved);
+    a ValueError naming the key when one does not fit the data."""
+    tc = TrainConfig.from_config(config.train)
+    frames = int(config.data.get("num_frames", 1) or 1)
+    cond = int(config.data.get("num_cond_frames", 0) or 0)
+    names = tc.eval_metric_names
+    if names == ("auto",):
+        return ("frames",) if cond else ("fvd",) if frames > 1 else ("fid",)
+    for name, fits, why in (("frames", cond > 0, "needs conditioning frames (data.num_cond_frames > 0)"),
+                            ("fvd", frames > 1, "measures video (data.num_frames > 1)"),
+                            ("fid", frames == 1, "measures images (data.num_frames = 1)")):
+        if name in names and not fits:
+            raise _fail("train.eval_metrics", tc.eval_metrics, f"{name!r} {why}")
+    return names
 
 
 def defaults(section: str) -> dict[str, Any]:
@@ -406,5 +452,5 @@ def validate(config: ConfigDict) -> ConfigDict:
         raise _fail("sampler.guidance", sampler.guidance,
                     "needs an unconditional model: set loss.class_drop_rate > 0 (classes) or "
                     "loss.cond_drop_rate > 0 (conditioning frames), or guidance = 0")
-    TrainConfig.from_config(config.train)
+    eval_metrics(config)
     return config

@@ -2,7 +2,8 @@
 
 Every `train.log_every` steps one row goes to WORKDIR/metrics.jsonl and WORKDIR/tb: the step's
 metrics (loss, x_mse, grad_norm, learning_rate), throughput (steps/s, examples/s, FLOP/s per device
-and MFU), the run's count of skipped non-finite updates and the data loader's counts.
+and MFU), the run's count of skipped non-finite updates and the data loader's counts. Evaluations
+during training add rows of their own: {"step": N, "eval/psnr": ..., "eval/seconds": ...}.
 """
 
 from __future__ import annotations
@@ -101,6 +102,11 @@ class RunLog:
 
     def advance(self) -> None:
         self.bar.update(1)
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent outside training (evaluating) out of the next row's throughput."""
+        t0, s0 = self.window
+        self.window = (t0 + seconds, s0)
 
     def step_done(self, step_index: int, m: Mapping[str, float]) -> None:
         """Report step `step_index` (0-based): the bar's loss, and every log_every steps a row."""

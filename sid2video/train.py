@@ -1,10 +1,11 @@
-"""The training loop: `fit(config, workdir)` and the `sid2video train` command.
+"""The training loop: `fit(config, workdir)`.
 
 A run in `workdir` resumes from its latest checkpoint (parameters, optimiser state, EMA, step and
 the data iterator's state), so it continues on exactly the batches it would have seen. Several
 processes (TPU/GPU pods, or CPU processes with gloo) run the same program after
 `sharding.initialize_distributed`; each feeds its own share of the global batch. The step itself
-is in trainer.py, the optimiser in optim.py, the reporting in runlog.py.
+is in trainer.py, the optimiser in optim.py, the reporting in runlog.py; the `sid2video train`
+command, which hands `fit` the evaluators of evaluation/ as hooks, is train_command.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import pathlib
 import signal
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -26,6 +27,10 @@ from sid2video.runlog import RunLog
 from sid2video.trainer import Trainer, TrainState
 
 log = logging.getLogger("sid2video.train")
+
+# hook(step, ema_model) -> {name: number}: called every config.train.eval_every steps with the
+# network holding the EMA parameters, on every process; the loop logs the numbers as eval/<name>.
+Hook = Callable[[int, Any], Mapping[str, float]]
 
 
 class NonFiniteError(RuntimeError):
@@ -57,13 +62,17 @@ class _Run:
     stop conditions, the reporting) and the non-finite policy (config.train.on_nonfinite)."""
 
     def __init__(self, trainer: Trainer, workdir: pathlib.Path, it: Iterator, *, target: int,
-                 minutes: float | None, progress: bool, handle_signals: bool):
+                 minutes: float | None, progress: bool, handle_signals: bool, hooks: Sequence[Hook] = ()):
         tc = trainer.tc
         self.trainer, self.tc, self.workdir, self.it = trainer, tc, workdir, it
         self.target, self.minutes = target, minutes
         self.checkpointer = ckpt.Checkpointer(workdir, keep=tc.keep_checkpoints, keep_every=tc.keep_every or None,
                                               async_save=tc.async_checkpoint, lock=True)
         self.preview = Preview(trainer) if tc.sample_every else None
+        self.hooks = list(hooks) if tc.eval_every else []
+        if tc.eval_every and not self.hooks:
+            log.warning("config.train.eval_every=%d but fit was given no hooks: nothing is evaluated "
+                        "(`sid2video train` builds them)", tc.eval_every)
         self.stop = _StopRequest()
         if handle_signals:
             self.stop.install()
@@ -131,7 +140,25 @@ class _Run:
             saved = step
         if self.preview is not None and step % self.tc.sample_every == 0:
             self.preview.write(state.ema, batch, step, self.workdir)
+        if self.hooks and step % self.tc.eval_every == 0:
+            self.evaluate(step, state)
         return saved
+
+    def evaluate(self, step: int, state: TrainState) -> None:
+        """Every hook on the EMA network after `step` updates. All processes run them (evaluation
+        is collective); process 0 writes the eval/ row and logs one line. The time they take is
+        left out of the next row's throughput."""
+        t0 = time.perf_counter()
+        model = self.trainer.model(state.ema)
+        row: dict[str, float] = {}
+        for hook in self.hooks:
+            row.update({f"eval/{k}": float(v) for k, v in hook(step, model).items()})
+        seconds = time.perf_counter() - t0
+        self.log.writer.write(step, dict(row, **{"eval/seconds": seconds}))
+        self.log.exclude(seconds)
+        if jax.process_index() == 0:
+            log.info("step %d eval: %s (%.1f s)", step, ", ".join(f"{k[5:]}={v:.4g}" for k, v in row.items())
+                     or "no values", seconds)
 
     def close(self) -> None:
         if self.log is not None:
@@ -141,8 +168,8 @@ class _Run:
 
 
 def fit(config, workdir: str | pathlib.Path, *, steps: int | None = None, minutes: float | None = None,
-        data_iterator: Iterator | None = None, progress: bool = True,
-        handle_signals: bool = True) -> dict[str, Any]:
+        data_iterator: Iterator | None = None, progress: bool = True, handle_signals: bool = True,
+        hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Train `config` in `workdir`, resuming from its latest checkpoint.
 
     Runs until step `steps` (default config.train.num_steps), until `minutes` of wall time have
@@ -150,6 +177,7 @@ def fit(config, workdir: str | pathlib.Path, *, steps: int | None = None, minute
     NonFiniteError (after saving a debug snapshot: the state before the failing update and its
     batch) when the loss or gradients stop being finite and config.train.on_nonfinite is 'stop',
     or when more than config.train.max_nonfinite_skips updates of this call were skipped.
+    Every config.train.eval_every steps (never at the start) each of `hooks` is called (`Hook`).
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +190,7 @@ def fit(config, workdir: str | pathlib.Path, *, steps: int | None = None, minute
         data_iterator = pipeline.make_train_iterator(
             config.data, batch_size=tc.batch_size // jax.process_count(), seed=trainer.seed)
     run = _Run(trainer, workdir, data_iterator, target=target, minutes=minutes, progress=progress,
-               handle_signals=handle_signals)
+               handle_signals=handle_signals, hooks=hooks)
     try:
         state = run.start(config)
         start = int(state.step)
@@ -221,44 +249,3 @@ def debug_snapshot(workdir: pathlib.Path, trainer: Trainer, state: TrainState, b
     trainer.save(snap, state, None, force=True)
     snap.close()
     return path
-
-
-def configure_logging() -> None:
-    """sid2video's INFO lines (resume step, loader summary, why the run stopped) and everyone's
-    warnings to stderr. Importing orbax already gave the root logger a handler, which plain
-    `basicConfig` would keep (and with it the WARNING threshold), so it is replaced."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        force=True)
-    logging.getLogger("sid2video").setLevel(logging.INFO)
-
-
-def run(argv: list[str]) -> int:
-    """`sid2video train --config configs/kinetics600.py:small --workdir DIR [--config.key=value]`."""
-    configure_logging()
-    from absl import flags
-
-    from sid2video import flags as cli_flags
-
-    def define(fv):
-        flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics); resumed if it exists",
-                            flag_values=fv)
-        flags.DEFINE_integer("train_steps", None, "train until this step (default: config.train.num_steps)",
-                             flag_values=fv)
-        flags.DEFINE_float("minutes", None, "stop (and save) after this much wall time", flag_values=fv)
-        flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process CPU/GPU runs",
-                            flag_values=fv)
-        flags.DEFINE_integer("num_processes", None, "number of processes in a multi-process run", flag_values=fv)
-        flags.DEFINE_integer("process_id", None, "this process's index in a multi-process run", flag_values=fv)
-        flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection "
-                          "(TPU pods, SLURM)", flag_values=fv)
-
-    fv = cli_flags.parse_flags("sid2video train", argv, define, renamed=cli_flags.TRAIN_STEPS)
-    if not fv.workdir:
-        raise SystemExit("sid2video train: --workdir is required")
-    sharding.join_from_flags(fv)
-    try:
-        summary = fit(fv.config, fv.workdir, steps=fv.train_steps, minutes=fv.minutes)
-    except (NonFiniteError, ckpt.CheckpointMismatchError, ValueError) as err:
-        raise SystemExit(f"sid2video train: {err}")
-    print(json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}))
-    return 0

@@ -254,8 +254,8 @@ def test_too_many_skipped_updates_stop_the_run(tmp_path):
 def test_info_lines_reach_stderr_from_the_train_command():
     # Importing orbax configures the root logger at WARNING; `sid2video train` must replace that
     # before it logs, and keep other libraries' INFO chatter out.
-    code = ("import logging\nfrom sid2video import train\n"
-            "try:\n    train.run(['--workdir', 'unused'])\nexcept SystemExit:\n    pass\n"
+    code = ("import logging\nfrom sid2video import train_command\n"
+            "try:\n    train_command.run(['--workdir', 'unused'])\nexcept SystemExit:\n    pass\n"
             "logging.getLogger('sid2video.train').info('resumed from step 7')\n"
             "logging.getLogger('orbax').info('orbax chatter')\n")
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300,
