@@ -26,13 +26,14 @@ import orbax.checkpoint as ocp
 
 from sid2video import checkpoint_faults as faults
 from sid2video import workdir_lock
+from sid2video.errors import UserError
 
 log = logging.getLogger("sid2video.checkpoint")
 
 ITEMS = ("params", "ema", "opt", "data", "meta")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint does not belong to the current model config."""
 
 
@@ -69,7 +70,7 @@ def check_compatible(saved_meta: Mapping[str, Any], model_config: Mapping[str, A
     )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be written or read; the message is one line naming the file and cause."""
 
 

@@ -2,14 +2,30 @@
 
 One console script with a subcommand per job. Each subcommand lives in its own module and is
 imported only when it runs, so `sid2video --help` stays fast and does not import JAX. Flags are
-parsed by the subcommands (sid2video/flags.py); this module only dispatches.
+parsed by the subcommands (sid2video/flags.py); this module dispatches and reports:
+
+* an expected error (`sid2video.errors.UserError`: a damaged or foreign checkpoint, a locked
+  workdir, an unfinished dataset; or a missing file or folder) is one line on stderr,
+  `sid2video <command>: <message>`, and exit status 2. A subcommand's own one-line refusals
+  (SystemExit with a message, exit status 1; argparse usage errors, 2) pass through.
+* SIGINT / SIGTERM outside a subcommand's own handling (the trainer saves and exits 0; `evaluate`
+  stops at a batch boundary) end the process at once with one line and exit status 130 / 143.
+* `sid2video --debug COMMAND ...` (or SID2VIDEO_DEBUG=1) shows the traceback of those instead.
+  Any other exception is a bug and always keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import signal
 import sys
+import threading
+import traceback
+
+from sid2video.errors import UserError
 
 # name -> (module providing `run(argv) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -22,12 +38,30 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("sid2video.info", "print parameters, FLOPs and activation memory of a config"),
 }
 
+# The exceptions shown as one line: the user's to fix. FileNotFoundError / NotADirectoryError
+# are a path given (or configured) that is not there.
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError)
+
+EXIT_USER_ERROR = 2
+DEBUG_ENV = "SID2VIDEO_DEBUG"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived while no subcommand handles it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sid2video",
         description="SiD2 pixel-space diffusion for video (Kinetics600 frame prediction) and images.",
+        epilog=f"--debug (or {DEBUG_ENV}=1) before COMMAND shows tracebacks instead of one-line errors. "
+               "Exit status: 0 done, 1 or 2 an error (one line on stderr), 130 / 143 SIGINT / SIGTERM.",
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for expected errors too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         # Each subcommand parses its own flags; everything after the name is passed through.
@@ -35,8 +69,53 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def message(err: BaseException) -> str:
+    """`err` as one line: an OS error as 'path: reason', anything else its text, lines joined."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror[:1].lower()}{err.strerror[1:]}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _interrupts():
+    """SIGINT and SIGTERM raise `Interrupted` inside the block (a signal ignored by the parent
+    process stays ignored); the previous handlers come back after it."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_interrupted(prog: str, err: KeyboardInterrupt, debug: bool) -> None:
+    """One line (or the traceback), then leave at once: exit status 128 + the signal. `os._exit`
+    skips interpreter shutdown, where JAX's compiler and runtime threads may still be running."""
+    signum = getattr(err, "signum", signal.SIGINT)
+    if debug:
+        traceback.print_exc()
+    print(f"{prog}: interrupted by {signal.Signals(signum).name}; stopped", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    while argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
     parser = _parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -44,8 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         parser.error(f"unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}")
+    prog = f"sid2video {name}"
     module_name, _ = SUBCOMMANDS[name]
-    return int(importlib.import_module(module_name).run(rest) or 0)
+    with _interrupts():
+        try:
+            return int(importlib.import_module(module_name).run(rest) or 0)
+        except KeyboardInterrupt as err:
+            _exit_interrupted(prog, err, debug)
+        except USER_ERRORS as err:
+            if debug:
+                raise
+            text = message(err)
+            print(text if text.startswith(prog + ":") else f"{prog}: {text}", file=sys.stderr)
+            return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -34,13 +34,9 @@ IMAGE_SIZE = 16
 
 
 def load_config(variant: str, overrides: list[tuple[str, str]] = ()):
-    """The shipped configs/demo.py:<variant> with `--config.key=value` overrides, (key, text), applied."""
-    config = flags.load_config("sid2video demo", f"demo:{variant}", list(overrides))
-    try:
-        config_lib.validate(config)
-    except ValueError as err:
-        raise SystemExit(f"sid2video demo: {err}")
-    return config
+    """The shipped configs/demo.py:<variant> with `--config.key=value` overrides, (key, text),
+    applied and the whole config checked."""
+    return flags.load_config("sid2video demo", f"demo:{variant}", list(overrides))
 
 
 def _configure(variant: str, data_dir: pathlib.Path, seed: int, sampler_steps: int | None,
@@ -389,18 +385,21 @@ def run(argv: list[str]) -> int:
                                  "or configs/demo.py:images (e.g. --config.loss.bias=-2; repeatable)")
     parser.add_argument("--workdir", required=True, help="where data, checkpoints, MP4s and the report go")
     parser.add_argument("--minutes", type=float, default=7.0, help="training time budget (default 7)")
-    parser.add_argument("--train_steps", type=int, default=None, help="training steps (default: the config's)")
+    parser.add_argument("--train_steps", type=flags.positive_int, default=None,
+                        help="training steps (default: the config's)")
     parser.add_argument("--images", action="store_true", help="the class-conditional image demo (T = 1)")
-    parser.add_argument("--num_eval", type=int, default=None,
+    parser.add_argument("--num_eval", type=flags.positive_int, default=None,
                         help="held-out clips to predict (default 16) / images to sample (default 100)")
-    parser.add_argument("--sampler_steps", type=int, default=None, help="sampler steps (default: config)")
+    parser.add_argument("--sampler_steps", type=flags.positive_int, default=None,
+                        help="sampler steps (default: config)")
     parser.add_argument("--no_fvd", action="store_true", help="skip FVD (I3D on the CPU is slow)")
-    parser.add_argument("--train_clips", type=int, default=256, help="training clips to write")
+    parser.add_argument("--train_clips", type=flags.positive_int, default=256, help="training clips to write")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if spec is not None:
         parser.error("the config is configs/demo.py's video or images variant (--images); "
                      "override its keys with --config.KEY=VALUE")
+    load_config("images" if args.images else "video", overrides)  # a bad override stops before any work
     absl.flags.FLAGS.mark_as_parsed()
     # ffmpeg runs through subprocess (fork, then exec at once), which JAX's fork warning does not
     # distinguish from an unsafe fork.

@@ -76,6 +76,17 @@ def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 def _interval(text: str) -> tuple[float, ...]:
     """'lo,hi' -> (lo, hi); 'none' -> () (no interval)."""
     if text.strip().lower() == "none":
@@ -112,8 +123,9 @@ def split_config_args(argv: list[str]) -> tuple[str | None, list[tuple[str, str]
 
 
 def load_config(prog: str, spec: str, items: list[tuple[str, str]]):
-    """`sid2video.config.load(spec)` with the overrides applied; a missing file, unknown variant,
-    unknown key or bad value stops with one line."""
+    """`sid2video.config.load(spec)` with the overrides applied and the whole config checked
+    (`sid2video.config.validate`); a missing file, unknown variant, unknown key, bad value or
+    invalid config stops with one line, before any data or JAX is touched."""
     from sid2video import config as config_lib
 
     try:
@@ -128,6 +140,10 @@ def load_config(prog: str, spec: str, items: list[tuple[str, str]]):
                              "there); the config file lists the keys")
         except ValueError as err:
             raise SystemExit(f"{prog}: --config.{key}={text}: {err}")
+    try:
+        config_lib.validate(config)
+    except ValueError as err:
+        raise SystemExit(f"{prog}: invalid config: {err}")
     return config
 
 
@@ -153,7 +169,7 @@ def parse_flags(prog: str, argv: list[str], define: Callable[[Any], None] | None
     try:
         fv([prog] + rest)
     except flags.Error as err:
-        raise SystemExit(f"{prog}: {err}\n(run `{prog} --help` for the flags)")
+        raise SystemExit(f"{prog}: {err} (run `{prog} --help` for the flags)")
     if fv.help:
         print(f"usage: {prog} --config path.py:variant [--config.key=value ...] [flags]\n")
         print("  --config: a config file and variant, e.g. configs/kinetics600.py:small, or a "

@@ -46,7 +46,7 @@ def run(argv: list[str]) -> int:
         flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics); resumed if it exists",
                             flag_values=fv)
         flags.DEFINE_integer("train_steps", None, "train until this step (default: config.train.num_steps)",
-                             flag_values=fv)
+                             lower_bound=1, flag_values=fv)
         flags.DEFINE_float("minutes", None, "stop (and save) after this much wall time", flag_values=fv)
         flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process CPU/GPU runs",
                             flag_values=fv)

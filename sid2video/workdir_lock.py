@@ -26,6 +26,8 @@ import threading
 import uuid
 import weakref
 
+from sid2video.errors import UserError
+
 log = logging.getLogger("sid2video.checkpoint")
 
 LOCK_NAME = "train.lock"
@@ -36,7 +38,7 @@ _HELD: dict[str, "weakref.ref[WorkdirLock]"] = {}
 _HELD_GUARD = threading.Lock()
 
 
-class WorkdirLockedError(ValueError):
+class WorkdirLockedError(UserError, ValueError):
     """Another trainer holds the run directory."""
 
 

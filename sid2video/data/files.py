@@ -21,12 +21,14 @@ import pathlib
 import re
 from typing import Any
 
+from sid2video.errors import UserError
+
 MARKER = "sid2video_prepared.json"
 # The temporary names written here: `<name><.ext>.part<.ext>`, `.<name>.<pid>.tmp`, `<name>.incomplete`.
 _TEMPORARY = re.compile(r"^(.+(\.[^./]+)\.part\2|\..+\.\d+\.tmp|.+\.incomplete)$")
 
 
-class IncompleteDatasetError(ValueError):
+class IncompleteDatasetError(UserError, ValueError):
     """A dataset whose writer did not finish (its completion marker says incomplete)."""
 
 

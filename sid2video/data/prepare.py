@@ -72,6 +72,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
     elif args.what == "index":
         splits = args.split or [x for x in ("train", "val", "validation", "test") if (pathlib.Path(args.src) / x).is_dir()]
+        if not splits:
+            raise FileNotFoundError(f"--src {args.src}: no train/val/validation/test folders found")
         for split in splits:
             index = kinetics.build_index(args.src, split, cache_dir=args.cache_dir, probe_workers=args.workers,
                                          refresh=args.refresh, progress=progress)
