@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from sid2video import config as config_lib
 from sid2video import demo_positions, flags
 
 log = logging.getLogger("sid2video.demo")
