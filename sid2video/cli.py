@@ -46,14 +46,6 @@ EXIT_USER_ERROR = 2
 DEBUG_ENV = "SID2VIDEO_DEBUG"
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived while no subcommand handles it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sid2video",
@@ -78,32 +70,37 @@ def message(err: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
-
-
 @contextlib.contextmanager
-def _interrupts():
-    """SIGINT and SIGTERM raise `Interrupted` inside the block (a signal ignored by the parent
-    process stays ignored); the previous handlers come back after it."""
+def _interrupts(prog: str, debug: bool):
+    """Inside the block SIGINT and SIGTERM end the process at once (`_exit_on_signal`); a signal the
+    parent process ignores stays ignored, and the previous handlers come back after the block. A
+    subcommand that can stop cleanly (the trainer, `evaluate`) installs its own handlers meanwhile.
+
+    The handler exits instead of raising: an exception raised from a signal handler can surface
+    inside any Python callback that happens to run (a garbage-collection hook, a callback from
+    compiled code), where it is swallowed or aborts the process."""
     previous = {}
+
+    def handler(signum, frame):
+        _exit_on_signal(prog, signum, frame, debug)
+
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) is not signal.SIG_IGN:
-                previous[sig] = signal.signal(sig, _raise_interrupted)
+                previous[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
-def _exit_interrupted(prog: str, err: KeyboardInterrupt, debug: bool) -> None:
-    """One line (or the traceback), then leave at once: exit status 128 + the signal. `os._exit`
-    skips interpreter shutdown, where JAX's compiler and runtime threads may still be running."""
-    signum = getattr(err, "signum", signal.SIGINT)
-    if debug:
-        traceback.print_exc()
+def _exit_on_signal(prog: str, signum: int, frame, debug: bool) -> None:
+    """One line (with --debug, the stack where the signal landed first), then leave at once: exit
+    status 128 + the signal. `os._exit` skips interpreter shutdown, where JAX's compiler and runtime
+    threads may still be running (a plain exit there can crash)."""
+    if debug and frame is not None:
+        traceback.print_stack(frame)
     print(f"{prog}: interrupted by {signal.Signals(signum).name}; stopped", file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -125,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}")
     prog = f"sid2video {name}"
     module_name, _ = SUBCOMMANDS[name]
-    with _interrupts():
+    with _interrupts(prog, debug):
         try:
             return int(importlib.import_module(module_name).run(rest) or 0)
-        except KeyboardInterrupt as err:
-            _exit_interrupted(prog, err, debug)
+        except KeyboardInterrupt:  # Python's own SIGINT handler, where a subcommand restored it
+            _exit_on_signal(prog, signal.SIGINT, None, debug)
         except USER_ERRORS as err:
             if debug:
                 raise
