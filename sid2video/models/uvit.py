@@ -84,6 +84,14 @@ class UViTConfig:
     logsnr_scale_range            (lo, hi) of the affine map of λ fed to the sinusoidal embedding
     dtype, param_dtype            compute and parameter dtypes ('bfloat16' / 'float32')
     remat, scan_blocks            rematerialise each block; scan over stacked blocks
+    remat_policy                  with remat: 'full' (recompute the whole block) or
+                                  'save_dots' (keep matmul and conv outputs, recompute the
+                                  element-wise work between them)
+    conv_impl                     how the temporal conv taps run: 'lax', 'stacked' (frames
+                                  stacked on channels), 'shifted' (one op per tap); the same
+                                  function and parameters (layers module doc)
+    attention_impl                'auto' (cuDNN fused attention on GPU with bf16/fp16, else XLA),
+                                  'xla', or 'cudnn' (an error where it cannot run)
 
     With one frame after temporal patching, `conv` and `attention` collapse to '2d' and
     spatial: the image model builds no temporal layers.
@@ -114,6 +122,9 @@ class UViTConfig:
     param_dtype: str = "float32"
     remat: bool = False
     scan_blocks: bool = False
+    remat_policy: str = "full"
+    conv_impl: str = "lax"
+    attention_impl: str = "auto"
 
     # --- derived ---------------------------------------------------------------------------------
     @property
@@ -214,6 +225,14 @@ class UViTConfig:
             raise _err("emb_channels", self.emb_channels, "must be even (sin/cos features)")
         if self.conv not in layers.CONV_KINDS:
             raise _err("conv", self.conv, f"must be one of {layers.CONV_KINDS}")
+        if self.conv_impl not in layers.CONV_IMPLS:
+            raise _err("conv_impl", self.conv_impl, f"must be one of {layers.CONV_IMPLS}")
+        if self.remat_policy not in layers.REMAT_POLICIES:
+            raise _err("remat_policy", self.remat_policy,
+                       f"must be one of {tuple(layers.REMAT_POLICIES)}")
+        if self.attention_impl not in layers.ATTENTION_IMPLS:
+            raise _err("attention_impl", self.attention_impl,
+                       f"must be one of {layers.ATTENTION_IMPLS}")
         if self.attention not in ATTENTION_TYPES:
             raise _err("attention", self.attention, f"must be one of {ATTENTION_TYPES}")
         if self.num_frames % self.patch_frames:
@@ -267,7 +286,8 @@ class Level(nnx.Module):
             def make(r):
                 return layers.TransformerBlock(c, cfg.emb_channels, cfg.num_heads, axes,
                                                cfg.mlp_ratio, drop, rngs=r, dtype=dtype,
-                                               param_dtype=param_dtype)
+                                               param_dtype=param_dtype,
+                                               attention_impl=cfg.attention_impl)
 
             # Learned position embeddings, zero at initialisation (the level stays the identity).
             self.pos_space = nnx.Param(jnp.zeros((s, s, c), param_dtype))
@@ -278,11 +298,13 @@ class Level(nnx.Module):
         else:
             def make(r):
                 return layers.ResBlock(c, cfg.emb_channels, cfg.conv_kind, drop, rngs=r,
-                                       dtype=dtype, param_dtype=param_dtype)
+                                       dtype=dtype, param_dtype=param_dtype,
+                                       conv_impl=cfg.conv_impl)
 
             self.pos_space = None
             self.pos_time = None
-        stack = dict(rngs=rngs, scan=cfg.scan_blocks, remat=cfg.remat)
+        stack = dict(rngs=rngs, scan=cfg.scan_blocks, remat=cfg.remat,
+                     remat_policy=cfg.remat_policy)
         self.encoder = layers.BlockStack(make, cfg.encoder_blocks[index], **stack)
         if index + 1 < cfg.num_levels:
             c_next = cfg.channels[index + 1]
