@@ -10,7 +10,7 @@ micro-batch that fits (throughput.find_micro_batch; gradient accumulation over 2
 per step, the paper batch's step time extrapolated from it), K600 aDDIM-128 and ImageNet-512
 guided DDPM-512 sampling, and FVD's I3D features of 16-frame 64² clips. `--tiny` (the default on
 CPUs) shrinks each config after loading it (widths 8, the smallest resolution its levels allow,
-at most 2 blocks per stack, 4 sampler steps, 9-frame clips) and keeps its structure (levels,
+at most 2 blocks per stack, 8-frame videos, 4 sampler steps, 9-frame FVD clips) and keeps its structure (levels,
 block kinds, scan, remat, conv and attention kinds, dtype, guidance).
 
 MFU = achieved model FLOP/s per device / the device's dense bf16 peak (sid2video.devices; on a
@@ -73,10 +73,13 @@ def load_config(spec: str, overrides: dict[str, object], tiny: bool):
 
 def shrink(config) -> None:
     """Widths 8, two heads, the smallest resolution the levels allow (innermost side 2), at most
-    two blocks per stack: the config's structure at a size a CPU compiles in seconds."""
+    two blocks per stack, video clips of 8 frames: the config's structure at a size a CPU
+    compiles in seconds."""
     m = config.model
     n = len(m.channels)
     config.data.resolution = m.patch_size * 2 ** (n - 1) * 2
+    if config.data.num_frames > 8:
+        config.data.num_frames = 8
     m.channels = (8,) * n
     m.num_heads = 2
     m.emb_channels = 16

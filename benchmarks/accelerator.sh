@@ -47,8 +47,11 @@ done
 if [ -d build/accel_deps ]; then export PYTHONPATH="$PWD/build/accel_deps${PYTHONPATH:+:$PYTHONPATH}"; fi
 mkdir -p "$OUT/parts"
 rm -f "$OUT"/parts/*.json
-if [ "$TINY" = 1 ]; then export JAX_PLATFORMS=cpu; fi
-BACKEND=$("$PY" -c "import jax; print(jax.default_backend())")
+if [ "$TINY" = 1 ]; then
+  export JAX_PLATFORMS=cpu BACKEND=cpu
+else
+  BACKEND=$("$PY" -c "import jax; print(jax.default_backend())")
+fi
 echo "backend: $BACKEND"
 if [ "$BACKEND" = cpu ]; then
   "$PY" benchmarks/accelerator.py run --tiny --json "$OUT/parts/all.json" ${EXTRA[@]+"${EXTRA[@]}"} || true
