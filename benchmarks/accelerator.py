@@ -89,7 +89,8 @@ def shrink(config) -> None:
         m.dropout_from_resolution = 2
 
 
-def run_rows(names: list[str], *, tiny: bool, overrides: dict, log=print) -> dict:
+def run_rows(names: list[str], *, tiny: bool, overrides: dict, micro_batch: int = 0,
+             log=print) -> dict:
     """Measure `names` (keys of ROWS); a failing row is recorded in `errors`, not raised."""
     import jax
 
@@ -105,7 +106,8 @@ def run_rows(names: list[str], *, tiny: bool, overrides: dict, log=print) -> dic
             if kind == "train":
                 row = throughput.train_row(label, load_config(spec, overrides, tiny),
                                            cap=s["train_cap"], accum=s["accum"],
-                                           steps=s["train_steps"], facts=facts, log=log)
+                                           steps=s["train_steps"], facts=facts, log=log,
+                                           micro_batch=micro_batch)
             elif kind == "sampler":
                 row = throughput.sampler_row(label, load_config(spec, overrides, tiny),
                                              per_device=s["sample_per_device"],
@@ -286,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="measure rows and write a report")
     run.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {list(ROWS)}")
     run.add_argument("--tiny", action="store_true", help="tiny configs (the default on CPUs)")
+    run.add_argument("--micro-batch", type=int, default=0,
+                     help="per-device train micro-batch (default 0: the largest that fits)")
     run.add_argument("--json", required=True)
     run.add_argument("--md")
     mrg = sub.add_parser("merge", help="merge reports, check them and write JSON and Markdown")
@@ -302,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"accelerator.py: unknown rows {unknown}; known: {list(ROWS)}")
         tiny = args.tiny or jax.default_backend() == "cpu"
-        report = run_rows(names, tiny=tiny, overrides=_overrides(extra))
+        report = run_rows(names, tiny=tiny, overrides=_overrides(extra),
+                          micro_batch=args.micro_batch)
     else:
         if extra:
             raise SystemExit(f"accelerator.py merge: unknown arguments {extra}")

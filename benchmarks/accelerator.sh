@@ -4,7 +4,7 @@
 # micro-batch that fits), K600 aDDIM-128 and ImageNet-512 guided DDPM-512 sampling, and FVD's I3D
 # features. Writes OUT/accelerator.json and OUT/accelerator.md (benchmarks/accelerator.py).
 #
-#   benchmarks/accelerator.sh [--cpu-tiny] [--out DIR] [--config.model.KEY=VALUE ...]
+#   benchmarks/accelerator.sh [--cpu-tiny] [--out DIR] [--micro-batch N] [--config.model.KEY=VALUE ...]
 #   benchmarks/accelerator.sh --prepare-deps        # before carrying the tree to a bare machine
 #
 # On a CPU (or with --cpu-tiny) every row runs on tiny versions of the configs in one process.
@@ -27,6 +27,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --cpu-tiny) TINY=1 ;;
     --out) OUT=$2; shift ;;
+    --micro-batch) EXTRA+=("--micro-batch" "$2"); shift ;;
     --prepare-deps)
       mkdir -p build/accel_deps
       "$PY" - <<'PYEOF'
@@ -58,11 +59,14 @@ if [ "$BACKEND" = cpu ]; then
 else
   # Let the allocator use 95 % of the device (the default preallocates 75 %).
   export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
-  for spec in train:k600:150 train:in512:150 sampler:k600:60 sampler:in512:60 fvd:40; do
+  for spec in train:k600:135 train:in512:135 sampler:k600:55 sampler:in512:55 fvd:35; do
     row=${spec%:*}; limit=${spec##*:}
     timeout --signal=KILL "$limit" "$PY" benchmarks/accelerator.py run --rows "$row" \
       --json "$OUT/parts/${row/:/_}.json" ${EXTRA[@]+"${EXTRA[@]}"} || echo "row $row failed or took over $limit s"
   done
+  # The temporal-tap formulations of a K600 top-level ResBlock conv (model.conv_impl).
+  timeout --signal=KILL 45 "$PY" benchmarks/conv_impls.py --batch 4 --frames 16 --size 128 \
+    --channels 128 --dtype bfloat16 > "$OUT/conv_impls.md" || echo "conv_impls failed or took over 45 s"
 fi
 ROWS=train:k600,train:in512,sampler:k600,sampler:in512,fvd
 "$PY" benchmarks/accelerator.py merge "$OUT"/parts/*.json --expect "$ROWS" --json "$OUT/accelerator.json" \

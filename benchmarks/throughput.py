@@ -170,14 +170,18 @@ def find_micro_batch(config, *, cap: int, accum: int, limit: int | None,
 
 
 def train_row(name: str, config, *, cap: int, accum: int, steps: int, facts: dict,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train-step figures at the largest micro-batch that fits (see module doc for FLOPs)."""
+              log: Callable[[str], None] = print, micro_batch: int = 0) -> dict[str, Any]:
+    """Train-step figures at the largest micro-batch that fits, or at `micro_batch` where
+    given (see module doc for FLOPs)."""
     from sid2video.models import flops
 
     paper_batch = int(config.train.batch_size)
     n = jax.device_count()
-    step, tried = find_micro_batch(config, cap=min(cap, max(1, paper_batch // n)), accum=accum,
-                                   limit=facts["memory_limit_bytes"], log=log)
+    if micro_batch:
+        step, tried = _Step(config, micro_batch, accum), [micro_batch]
+    else:
+        step, tried = find_micro_batch(config, cap=min(cap, max(1, paper_batch // n)),
+                                       accum=accum, limit=facts["memory_limit_bytes"], log=log)
     while True:
         try:
             step_s = step.time_steps(steps)
