@@ -10,8 +10,8 @@ micro-batch that fits (throughput.find_micro_batch; gradient accumulation over 2
 per step, the paper batch's step time extrapolated from it), K600 aDDIM-128 and ImageNet-512
 guided DDPM-512 sampling, and FVD's I3D features of 16-frame 64² clips. `--tiny` (the default on
 CPUs) shrinks each config after loading it (widths 8, the smallest resolution its levels allow,
-at most 2 blocks per stack, 8-frame videos, 4 sampler steps, 9-frame FVD clips) and keeps its structure (levels,
-block kinds, scan, remat, conv and attention kinds, dtype, guidance).
+at most 2 blocks per stack, 8-frame videos, 4 sampler steps, 9-frame FVD clips) and keeps its
+structure (levels, block kinds, scan, remat, conv and attention kinds, dtype, guidance).
 
 MFU = achieved model FLOP/s per device / the device's dense bf16 peak (sid2video.devices; on a
 CPU the measured float32 matmul rate), with model FLOPs counted both ways (B.3 padded taps and
@@ -245,12 +245,14 @@ def markdown(report: dict) -> str:
         lines.append("")
     other = [r for r in report["rows"] if r["kind"] != "train"]
     if other:
-        lines += ["| sampling / features | batch | steps | compile s | per second | s per sample per device |",
+        lines += ["| sampling / features | batch | steps | compile s | per second | "
+                  "s per sample per device |",
                   "|---|---:|---:|---:|---:|---:|"]
         for r in other:
             if r["kind"] == "sampler":
                 lines.append(f"| {r['name']} ({r['method']}, guidance {r['guidance']:g}, {r['frames']}×"
-                             f"{r['resolution']}²) | {r['batch']} | {r['num_steps']} | {r['compile_s']:.1f} | "
+                             f"{r['resolution']}²) | {r['batch']} | {r['num_steps']} | "
+                             f"{r['compile_s']:.1f} | "
                              f"{_g(r['samples_per_s'])} samples | {_g(r['s_per_sample_per_device'])} |")
             else:
                 lines.append(f"| {r['name']} ({r['frames']}×{r['resolution']}² clips → 224²) | "

@@ -260,7 +260,8 @@ def sampler_row(name: str, config, *, per_device: int, num_steps: int | None = N
     run_s = time.perf_counter() - t0
     if out.shape[0] != b:
         raise RuntimeError(f"the sampler returned {out.shape[0]} samples for a batch of {b}")
-    return dict(kind="sampler", name=name, method=str(config.sampler.method), num_steps=int(num_steps or config.sampler.num_steps),
+    return dict(kind="sampler", name=name, method=str(config.sampler.method),
+                num_steps=int(num_steps or config.sampler.num_steps),
                 guidance=float(config.sampler.guidance), batch=b, compile_s=max(first - run_s, 0.0),
                 run_s=run_s, samples_per_s=b / run_s, s_per_sample_per_device=run_s * jax.device_count() / b,
                 frames=mc.num_frames, resolution=mc.resolution, dtype=mc.dtype)
