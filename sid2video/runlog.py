@@ -19,21 +19,14 @@ import jax
 from sid2video.config import TrainConfig
 
 # Dense bf16 peak FLOP/s per device (FMA = 2 FLOPs), for MFU when config.train.peak_flops_per_device = 0.
-PEAK_FLOPS = {
-    "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
-}
-
-
 def peak_flops(tc: TrainConfig) -> float | None:
-    """config.train.peak_flops_per_device, else the published peak of this device kind, else None."""
+    """config.train.peak_flops_per_device, else the dense bf16 peak of this device's exact model
+    (sid2video.devices), else None."""
     if tc.peak_flops_per_device:
         return tc.peak_flops_per_device
-    kind = jax.devices()[0].device_kind if jax.devices() else ""
-    for name, value in PEAK_FLOPS.items():
-        if name.lower() in kind.lower():
-            return value
-    return None
+    from sid2video import devices
+
+    return devices.peak_bf16_flops(jax.devices()[0].device_kind) if jax.devices() else None
 
 
 def json_number(value: float) -> float | None:

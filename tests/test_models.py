@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from sid2video import checkpoint
-from sid2video.models import layers, uvit
+from sid2video.models import layers, temporal_taps, uvit
 
 # 3 nested levels (16², 8², 4²): ResBlocks with factorized convs, factorized attention at 4².
 VIDEO = dict(num_frames=8, resolution=16, channels=(32, 32, 32),
@@ -223,16 +223,16 @@ def _param_shapes(model):
 
 @pytest.mark.parametrize("t", [1, 2, 5])
 def test_temporal_conv_as_shifted_matmuls_equals_the_3d_convolution(t):
-    """layers.temporal_conv against flax's own 3×1×1 'SAME' convolution with the same kernel."""
+    """temporal_taps.temporal_conv against flax's own 3×1×1 'SAME' convolution with the same kernel."""
     conv = nnx.Conv(4, 6, (3, 1, 1), padding="SAME", rngs=nnx.Rngs(0))
     conv.kernel[...] = jax.random.normal(jax.random.PRNGKey(1), conv.kernel.shape)
     conv.bias[...] = jax.random.normal(jax.random.PRNGKey(2), conv.bias.shape)
     x = jax.random.normal(jax.random.PRNGKey(3), (2, t, 3, 5, 4))
-    np.testing.assert_allclose(layers.temporal_conv(x, conv), conv(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(temporal_taps.temporal_conv(x, conv), conv(x), rtol=1e-5, atol=1e-5)
     # Frame 0 sees only frames 0 and 1: the padding is zeros, not a wrap-around.
     if t >= 3:
         y = x.at[:, -1].set(100.0)
-        np.testing.assert_allclose(layers.temporal_conv(y, conv)[:, 0], conv(x)[:, 0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(temporal_taps.temporal_conv(y, conv)[:, 0], conv(x)[:, 0], rtol=1e-5, atol=1e-5)
 
 
 def test_t1_builds_no_temporal_parameters(image):

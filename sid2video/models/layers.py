@@ -14,6 +14,19 @@ conditioning embedding. Convolutions are 3×3 in space with 3 temporal taps (`'3
 kernel; `'factorized'`: 1×3×3 followed by 3×1×1; `'2d'`: no temporal taps). Attention is spatial
 (within a frame), temporal (across frames at one position) or full (all T·H·W tokens).
 
+Speed choices that compute the same function (tested equal on CPU):
+  conv_impl       how the temporal taps run. 'lax': '3d' as one 3D convolution, the factorized
+                  3×1×1 as three shifted matmuls; 'stacked': the frames t−1, t, t+1 stacked on
+                  channels, so '3d' is one 2D 3×3 convolution of depth 3C and the factorized
+                  3×1×1 one matmul of depth 3C; 'shifted': three 2D convolutions (or matmuls) of
+                  depth C over shifted frames, summed. Every choice has the same parameters.
+  attention_impl  'xla' (XLA's einsum/softmax), 'cudnn' (the fused cuDNN kernel: GPU with
+                  bfloat16/float16 only, else an error), 'auto' (cuDNN where allowed and the
+                  kernel accepts the shapes, else XLA).
+  remat_policy    with remat: 'full' recomputes the whole block in the backward pass; 'save_dots'
+                  keeps the outputs of matmuls and convolutions and recomputes only the
+                  element-wise work between them (norms, swish, FiLM, softmax).
+
 Norms are LayerNorms over channels, one position at a time, so no statistic mixes frames: with
 `conv='2d'` and `attention='spatial'` nothing crosses frames at all.
 """
@@ -28,12 +41,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sid2video.models.uvit_config import CONV_KINDS
+from sid2video.models import temporal_taps as taps
+from sid2video.models.uvit_config import ATTENTION_IMPLS, CONV_IMPLS, CONV_KINDS, REMAT_POLICY_NAMES
 
 Array = jax.Array
 Dtype = jnp.dtype
 
 ATTENTION_AXES = ("space", "time", "full")
+# jax.checkpoint policies: None saves nothing (the whole block is recomputed); dots_saveable saves
+# the outputs of dot_general and conv_general_dilated.
+REMAT_POLICIES = {"full": None, "save_dots": jax.checkpoint_policies.dots_saveable}
+assert tuple(REMAT_POLICIES) == REMAT_POLICY_NAMES
 
 _zeros = nnx.initializers.zeros_init()
 
@@ -134,14 +152,18 @@ class Conv(nnx.Module):
 
     kind '3d': one 3×3×3 kernel; 'factorized': 1×3×3 then 3×1×1 (a (2+1)D convolution);
     '2d': 1×3×3 only (no temporal parameters). `zero=True` zero-initialises the layer that
-    produces the output, so the convolution maps everything to 0 at initialisation.
+    produces the output, so the convolution maps everything to 0 at initialisation. `impl`
+    (one of CONV_IMPLS, see the module doc) picks how the temporal taps are computed.
     """
 
     def __init__(self, in_features: int, out_features: int, kind: str, *, rngs: nnx.Rngs,
-                 zero: bool = False, dtype=None, param_dtype=jnp.float32):
+                 zero: bool = False, dtype=None, param_dtype=jnp.float32, impl: str = "lax"):
         if kind not in CONV_KINDS:
             raise ValueError(f"conv kind {kind!r} is not one of {CONV_KINDS}")
+        if impl not in CONV_IMPLS:
+            raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
         self.kind = kind
+        self.impl = impl
         common = dict(padding="SAME", dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         zero_kw = {"kernel_init": _zeros} if zero else {}
         spatial_kernel = (3, 3, 3) if kind == "3d" else (3, 3)
@@ -151,40 +173,26 @@ class Conv(nnx.Module):
             self.temporal = nnx.Conv(out_features, out_features, (3, 1, 1), **common, **zero_kw)
 
     def __call__(self, x: Array) -> Array:
+        if self.kind == "3d" and self.impl != "lax":
+            return taps.conv3d_as_2d(x, self.spatial, stacked=self.impl == "stacked")
         h = self.spatial(x)  # a 2D kernel treats [B, T] as batch dimensions
         if self.kind == "factorized":
-            h = temporal_conv(h, self.temporal)
+            h = taps.temporal_conv(h, self.temporal, stacked=self.impl == "stacked")
         return h
-
-
-def temporal_conv(x: Array, conv: nnx.Conv) -> Array:
-    """`conv` (a 3×1×1 kernel, 'SAME' padding) on [B, T, H, W, C], computed as three matmuls
-    over frames shifted by −1, 0, +1 (zero frames beyond the ends). The same function as
-    `conv(x)` with the same parameters, but a matmul instead of a 3D convolution, which XLA's
-    CPU backend runs several times slower."""
-    kernel = conv.kernel[...]
-    dtype = conv.dtype or jnp.result_type(x, kernel)
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    t = x.shape[1]
-    pad = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
-    out = sum(jnp.einsum("bthwc,cd->bthwd", pad[:, k:k + t], kernel[k, 0, 0]) for k in range(3))
-    if conv.bias is not None:
-        out = out + conv.bias[...].astype(dtype)
-    return out
 
 
 class ResBlock(nnx.Module):
     """Residual convolution block with FiLM conditioning (simple diffusion B.2.1, no skip input)."""
 
     def __init__(self, features: int, emb_features: int, conv: str, dropout: float, *,
-                 rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
+                 rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32, conv_impl: str = "lax"):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.norm1 = layer_norm(features, **kw)
-        self.conv1 = Conv(features, features, conv, **kw)
+        self.conv1 = Conv(features, features, conv, impl=conv_impl, **kw)
         self.norm2 = layer_norm(features, **kw)
         self.film = FiLM(emb_features, features, **kw)
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
-        self.conv2 = Conv(features, features, conv, zero=True, **kw)
+        self.conv2 = Conv(features, features, conv, zero=True, impl=conv_impl, **kw)
 
     def __call__(self, x: Array, emb: Array, deterministic: bool = True) -> Array:
         h = self.conv1(nnx.swish(self.norm1(x)))
@@ -217,19 +225,57 @@ def _from_sequences(x: Array, axis: str, b: int, t: int, n: int) -> Array:
     return x.reshape((b, t, n) + rest)
 
 
+def attention_implementation(impl: str, dtype, backend: str | None = None) -> str:
+    """The `jax.nn.dot_product_attention` implementation for `attention_impl` = `impl`.
+
+    The fused cuDNN kernel needs a GPU and bfloat16/float16 operands: 'auto' picks it there and
+    XLA elsewhere; 'cudnn' where it cannot run is a ValueError; 'xla' is always XLA.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
+    backend = backend or jax.default_backend()
+    fused = backend in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    if impl == "cudnn" and not fused:
+        raise ValueError(
+            f"config.model.attention_impl='cudnn' needs a GPU and bfloat16/float16 compute "
+            f"(backend {backend!r}, dtype {jnp.dtype(dtype).name}); use 'auto' or 'xla'")
+    if impl == "auto":
+        return "cudnn" if fused else "xla"
+    return impl
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, impl: str = "auto") -> Array:
+    """softmax(q kᵀ / √d) v per head, [batch, length, heads, d], with `attention_implementation`.
+
+    Under 'auto' a shape or cuDNN version the fused kernel refuses (it says so while tracing)
+    falls back to XLA.
+    """
+    chosen = attention_implementation(impl, q.dtype)
+    if chosen == "cudnn" and impl == "auto":
+        try:
+            return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError, TypeError):
+            chosen = "xla"
+    return jax.nn.dot_product_attention(q, k, v, implementation=chosen)
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with normalised queries and keys; zero-initialised output.
 
     Input and output are token maps [B, T, N, C] (N = H·W); `axis` picks the sequences:
     'space' attends within each frame, 'time' across frames at each position, 'full' over all.
+    `impl` is the attention kernel (ATTENTION_IMPLS, see `attention_implementation`).
     """
 
     def __init__(self, features: int, num_heads: int, axis: str, *, rngs: nnx.Rngs, dtype=None,
-                 param_dtype=jnp.float32):
+                 param_dtype=jnp.float32, impl: str = "auto"):
         if axis not in ATTENTION_AXES:
             raise ValueError(f"attention axis {axis!r} is not one of {ATTENTION_AXES}")
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.axis = axis
+        self.impl = impl
         self.num_heads = num_heads
         self.head_dim = features // num_heads
         self.norm = layer_norm(features, **kw)
@@ -247,7 +293,7 @@ class Attention(nnx.Module):
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (_to_sequences(a, self.axis) for a in (q, k, v))
-        o = jax.nn.dot_product_attention(q, k, v)  # softmax(q kᵀ / √d) v, per head
+        o = dot_product_attention(q, k, v, self.impl)  # softmax(q kᵀ / √d) v, per head
         o = _from_sequences(o, self.axis, b, t, n).reshape(b, t, n, c)
         return self.out(o)
 
@@ -282,9 +328,10 @@ class TransformerBlock(nnx.Module):
 
     def __init__(self, features: int, emb_features: int, num_heads: int, axes: Sequence[str],
                  mlp_ratio: int, dropout: float, *, rngs: nnx.Rngs, dtype=None,
-                 param_dtype=jnp.float32):
+                 param_dtype=jnp.float32, attention_impl: str = "auto"):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.attention = nnx.List([Attention(features, num_heads, a, **kw) for a in axes])
+        self.attention = nnx.List([Attention(features, num_heads, a, impl=attention_impl, **kw)
+                                   for a in axes])
         self.mlp = MLP(features, emb_features, mlp_ratio, dropout, **kw)
 
     def __call__(self, x: Array, emb: Array, deterministic: bool = True) -> Array:
@@ -305,15 +352,19 @@ class BlockStack(nnx.Module):
     `scan=True` (with num ≥ 2) builds the blocks once with stacked parameters (nnx.vmap, each
     block's parameters and dropout rng stream along a leading axis) and runs them with
     nnx.scan, so tracing and compile time do not grow with depth; `remat=True` rematerialises
-    each block in the backward pass (activations of one block kept instead of all). Both give
-    the same function as the plain Python loop (tested).
+    each block in the backward pass (activations of one block kept instead of all), saving what
+    `remat_policy` (REMAT_POLICIES) keeps. All give the same function as the plain Python loop
+    (tested).
     """
 
     def __init__(self, make_block, num: int, *, rngs: nnx.Rngs, scan: bool = False,
-                 remat: bool = False):
+                 remat: bool = False, remat_policy: str = "full"):
+        if remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat policy {remat_policy!r} is not one of {tuple(REMAT_POLICIES)}")
         self.num = num
         self.scan = bool(scan and num > 1)
         self.remat = remat
+        self.remat_policy = remat_policy
         if self.scan:
             @nnx.split_rngs(splits=num)
             @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -336,7 +387,7 @@ class BlockStack(nnx.Module):
             graphdef, state = nnx.split(self.blocks)
             step = functools.partial(_apply_block, graphdef, emb=emb, deterministic=deterministic)
             if self.remat:
-                step = jax.checkpoint(step)
+                step = self._checkpoint(step)
             x, rng_state = jax.lax.scan(lambda h, st: step(st, h), x, state)
             if not deterministic:
                 nnx.update(self.blocks, rng_state)
@@ -344,13 +395,17 @@ class BlockStack(nnx.Module):
         for block in self.blocks:
             if self.remat:
                 graphdef, state = nnx.split(block)
-                x, rng_state = jax.checkpoint(functools.partial(
+                x, rng_state = self._checkpoint(functools.partial(
                     _apply_block, graphdef, emb=emb, deterministic=deterministic))(state, x)
                 if not deterministic:
                     nnx.update(block, rng_state)
             else:
                 x = block(x, emb, deterministic)
         return x
+
+
+    def _checkpoint(self, fn):
+        return jax.checkpoint(fn, policy=REMAT_POLICIES[self.remat_policy])
 
 
 def _apply_block(graphdef, state, h: Array, *, emb: Array, deterministic: bool):

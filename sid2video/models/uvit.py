@@ -62,7 +62,8 @@ class Level(nnx.Module):
             def make(r):
                 return layers.TransformerBlock(c, cfg.emb_channels, cfg.num_heads, axes,
                                                cfg.mlp_ratio, drop, rngs=r, dtype=dtype,
-                                               param_dtype=param_dtype)
+                                               param_dtype=param_dtype,
+                                               attention_impl=cfg.attention_impl)
 
             # Learned position embeddings, zero at initialisation (the level stays the identity).
             self.pos_space = nnx.Param(jnp.zeros((s, s, c), param_dtype))
@@ -73,11 +74,13 @@ class Level(nnx.Module):
         else:
             def make(r):
                 return layers.ResBlock(c, cfg.emb_channels, cfg.conv_kind, drop, rngs=r,
-                                       dtype=dtype, param_dtype=param_dtype)
+                                       dtype=dtype, param_dtype=param_dtype,
+                                       conv_impl=cfg.conv_impl)
 
             self.pos_space = None
             self.pos_time = None
-        stack = dict(rngs=rngs, scan=cfg.scan_blocks, remat=cfg.remat)
+        stack = dict(rngs=rngs, scan=cfg.scan_blocks, remat=cfg.remat,
+                     remat_policy=cfg.remat_policy)
         self.encoder = layers.BlockStack(make, cfg.encoder_blocks[index], **stack)
         if index + 1 < cfg.num_levels:
             c_next = cfg.channels[index + 1]

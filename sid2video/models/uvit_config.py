@@ -10,6 +10,9 @@ import dataclasses
 from typing import Any, Mapping
 
 CONV_KINDS = ("3d", "factorized", "2d")
+CONV_IMPLS = ("lax", "stacked", "shifted")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+REMAT_POLICY_NAMES = ("full", "save_dots")  # layers.REMAT_POLICIES maps them to jax.checkpoint policies
 BLOCK_TYPES = ("resnet", "transformer")
 ATTENTION_TYPES = ("factorized", "full", "spatial")
 COND_FILLS = ("zeros", "last")
@@ -50,6 +53,14 @@ class UViTConfig:
     logsnr_scale_range            (lo, hi) of the affine map of λ fed to the sinusoidal embedding
     dtype, param_dtype            compute and parameter dtypes ('bfloat16' / 'float32')
     remat, scan_blocks            rematerialise each block; scan over stacked blocks
+    remat_policy                  with remat: 'full' (recompute the whole block) or
+                                  'save_dots' (keep matmul and conv outputs, recompute the
+                                  element-wise work between them)
+    conv_impl                     how the temporal conv taps run: 'lax', 'stacked' (frames
+                                  stacked on channels), 'shifted' (one op per tap); the same
+                                  function and parameters (models/temporal_taps.py)
+    attention_impl                'auto' (cuDNN fused attention on GPU with bf16/fp16, else XLA),
+                                  'xla', or 'cudnn' (an error where it cannot run)
 
     With one frame after temporal patching, `conv` and `attention` collapse to '2d' and
     spatial: the image model builds no temporal layers.
@@ -80,6 +91,9 @@ class UViTConfig:
     param_dtype: str = "float32"
     remat: bool = False
     scan_blocks: bool = False
+    remat_policy: str = "full"
+    conv_impl: str = "lax"
+    attention_impl: str = "auto"
 
     # --- derived ---------------------------------------------------------------------------------
     @property
@@ -180,6 +194,12 @@ class UViTConfig:
             raise _err("emb_channels", self.emb_channels, "must be even (sin/cos features)")
         if self.conv not in CONV_KINDS:
             raise _err("conv", self.conv, f"must be one of {CONV_KINDS}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise _err("conv_impl", self.conv_impl, f"must be one of {CONV_IMPLS}")
+        if self.remat_policy not in REMAT_POLICY_NAMES:
+            raise _err("remat_policy", self.remat_policy, f"must be one of {REMAT_POLICY_NAMES}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise _err("attention_impl", self.attention_impl, f"must be one of {ATTENTION_IMPLS}")
         if self.attention not in ATTENTION_TYPES:
             raise _err("attention", self.attention, f"must be one of {ATTENTION_TYPES}")
         if self.num_frames % self.patch_frames:
