@@ -18,23 +18,12 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s (multiply and add counted) of an n×n float32 matmul on the default devices."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        out = f(a)
-    out.block_until_ready()
-    return 2 * n**3 * repeats / (time.perf_counter() - t)
+import throughput  # noqa: E402  (benchmarks/throughput.py, beside this file)
 
 
 def main() -> None:
@@ -76,8 +65,8 @@ def main() -> None:
     fwd = flops.forward_flops(trainer.model_cfg)["total"]
     achieved = 3 * fwd * 2 * b / step_s / jax.device_count()  # FLOP/s per device, FMA = 2
     known = peak_flops(trainer.tc)
-    measured = matmul_peak()
-    print(f"config {args.config} {' '.join(args.set)}, global batch {b}, {jax.device_count()} x {jax.devices()[0].device_kind}")
+    measured = throughput.matmul_rate()
+    print(f"config {spec or 'demo:video'} {' '.join(f'--config.{k}={v}' for k, v in overrides)}, global batch {b}, {jax.device_count()} x {jax.devices()[0].device_kind}")
     print(f"compile + first step {compile_s:.1f} s; {1 / step_s:.2f} steps/s, {b / step_s:.1f} examples/s")
     print(f"analytic train FLOPs {3 * fwd * 2 * b / 1e9:.2f} GFLOP per step (FMA = 2), "
           f"achieved {achieved / 1e9:.2f} GFLOP/s per device")

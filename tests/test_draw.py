@@ -6,20 +6,9 @@ import pytest
 from PIL import Image
 
 from sid2video import draw
+from test_render import _smooth_clips  # smooth moving colour gradients
 
 B, T, H, W, NUM_COND = 2, 5, 16, 16, 2
-
-
-def _smooth_clips(b=B, t=T, h=H, w=W):
-    """Smooth, moving colour gradients."""
-    yy, xx = np.mgrid[:h, :w]
-    out = np.zeros((b, t, h, w, 3), np.uint8)
-    for i in range(b):
-        for j in range(t):
-            out[i, j, ..., 0] = (xx * 200 // w + 10 * j + 30 * i) % 256
-            out[i, j, ..., 1] = yy * 200 // h + 20
-            out[i, j, ..., 2] = 60 + 40 * i + 5 * j
-    return out
 
 
 def _truth_and_sample():
