@@ -52,10 +52,12 @@ def tiny_run(tmp_path_factory):
     return workdir
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under `pytest -n 2 --dist loadgroup` (make test) a test file's tests stay in one worker, so
     its module fixtures are built once, unless a test names its own xdist group (the shipped-config
-    variants, which are long and independent)."""
+    variants, which are long and independent). It runs before pytest-xdist's own hook, which turns
+    the marks into the node-id suffix its scheduler groups by."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
