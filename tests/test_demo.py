@@ -89,3 +89,31 @@ def test_image_demo(tmp_path):
     for image, label in zip(npz["truth"][:, 0], npz["label"]):
         written = [np.asarray(Image.open(p).convert("RGB")) for p in (tmp_path / "data" / "val" / f"digit_{label}").glob("*.png")]
         assert any(np.array_equal(image, w) for w in written)
+
+
+
+def test_probe_table_of_a_demo_run(video_demo):
+    """benchmarks/demo_probe.py on the demo's run: the copy-last-frame row recomputed here from the
+    same clips; x̂ = α z − σ v̂ is nearly exact where almost no noise is added (σ² = e^−12) and far
+    off at the lowest logSNR, where a network trained for 2 steps has learned nothing."""
+    import pathlib
+    import sys
+
+    from sid2video import checkpoint
+    from sid2video.data import pipeline
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import demo_probe
+
+    result = demo_probe.probe(str(video_demo / "run"), num_clips=4, logsnrs=(-7.0, 12.0))
+    _, cfg, _ = checkpoint.load_model(video_demo / "run")
+    batch = next(pipeline.make_eval_iterator(cfg.data, batch_size=4))
+    video = np.asarray(batch["video"])[np.asarray(batch["mask"], bool)].astype(np.float64) / 127.5 - 1.0
+    assert result["num_clips"] == len(video)
+    err_T = ((video[:, 5:] - video[:, 4:5]) ** 2).mean(axis=(0, 2, 3, 4))
+    assert result["copy_last_frame"]["first"] == pytest.approx(err_T[0], rel=1e-5)
+    assert result["copy_last_frame"]["all"] == pytest.approx(err_T.mean(), rel=1e-5)
+    low, high = result["rows"]
+    assert (low["logsnr"], high["logsnr"]) == (-7.0, 12.0)
+    assert high["all"] < 1e-3 < 0.1 < low["all"]
+    assert "| copy last frame |" in demo_probe.table(result)
