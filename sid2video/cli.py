@@ -25,6 +25,7 @@ import sys
 import threading
 import traceback
 
+from sid2video import errors
 from sid2video.errors import UserError
 
 # name -> (module providing `run(argv) -> int`, one-line help)
@@ -43,7 +44,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError)
 
 EXIT_USER_ERROR = 2
-DEBUG_ENV = "SID2VIDEO_DEBUG"
+DEBUG_ENV = errors.DEBUG_ENV
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,9 +109,25 @@ def _exit_on_signal(prog: str, signum: int, frame, debug: bool) -> None:
     os._exit(128 + signum)
 
 
+@contextlib.contextmanager
+def _debug_env(debug: bool):
+    """With --debug, SID2VIDEO_DEBUG=1 while the command runs (it reaches the commands that
+    report their own errors, and child processes); the previous value afterwards."""
+    previous = os.environ.get(DEBUG_ENV)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    debug = errors.debugging()
     while argv and argv[0] == "--debug":
         debug, argv = True, argv[1:]
     parser = _parser()
@@ -122,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}")
     prog = f"sid2video {name}"
     module_name, _ = SUBCOMMANDS[name]
-    with _interrupts(prog, debug):
+    with _interrupts(prog, debug), _debug_env(debug):
         try:
             return int(importlib.import_module(module_name).run(rest) or 0)
         except KeyboardInterrupt:  # Python's own SIGINT handler, where a subcommand restored it

@@ -4,10 +4,21 @@ A `UserError` is an expected mistake or mishap in what a command was given or fi
 foreign checkpoint, a workdir another trainer holds, an unfinished dataset. Its message is one
 line that names the file or setting and the fix. `sid2video.cli.main` prints such errors (and a
 missing file or folder) as `sid2video <command>: <message>` with exit status 2; every other
-exception is a bug and keeps its traceback. This module imports nothing, so any layer may raise one.
+exception is a bug and keeps its traceback. This module imports only `os`, so any layer may raise one.
 """
 
 from __future__ import annotations
+
+import os
+
+# `sid2video --debug` sets it for the command it runs, so commands that turn an error into one line
+# themselves show the traceback instead.
+DEBUG_ENV = "SID2VIDEO_DEBUG"
+
+
+def debugging() -> bool:
+    """Whether tracebacks are wanted instead of one-line errors (--debug or SID2VIDEO_DEBUG=1)."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 class UserError(Exception):

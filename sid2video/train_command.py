@@ -11,7 +11,7 @@ import json
 import logging
 
 from sid2video import checkpoint as ckpt
-from sid2video import sharding
+from sid2video import errors, sharding
 from sid2video.config import TrainConfig
 from sid2video.train import NonFiniteError, fit
 
@@ -62,10 +62,14 @@ def run(argv: list[str]) -> int:
     try:  # the held-out data and the feature networks' weights are checked before training starts
         hooks = eval_hooks(fv.config, fv.workdir)
     except (ValueError, FileNotFoundError) as err:
+        if errors.debugging():
+            raise
         raise SystemExit(f"sid2video train: {err}")
     try:
         summary = fit(fv.config, fv.workdir, steps=fv.train_steps, minutes=fv.minutes, hooks=hooks)
     except (NonFiniteError, ckpt.CheckpointMismatchError, ValueError) as err:
+        if errors.debugging():  # --debug: the traceback, not the one line
+            raise
         raise SystemExit(f"sid2video train: {err}")
     print(json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}))
     return 0

@@ -147,6 +147,14 @@ def test_a_locked_workdir_is_one_line(paths, capsys):
     assert rc == 1 and len(lines) == 1 and lines[0].startswith("sid2video train: "), err
     assert str(os.getpid()) in err                                         # names the holder
     assert not (paths["root"] / "locked" / "checkpoints").exists()
+    # --debug: the error itself, with its traceback, instead of the line; the variable is unset again.
+    lock = workdir_lock.WorkdirLock(paths["root"] / "locked")
+    try:
+        with pytest.raises(ValueError, match=str(os.getpid())):
+            cli.main(["--debug", *_train(paths, workdir="locked")])
+    finally:
+        lock.release()
+    assert "SID2VIDEO_DEBUG" not in os.environ
 
 
 def test_expected_errors_reach_cli_main_as_one_line_or_as_a_traceback_with_debug(capsys, monkeypatch, tmp_path):
