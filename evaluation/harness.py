@@ -401,12 +401,10 @@ def run(argv: Sequence[str]) -> int:
     import absl.flags
 
     absl.flags.FLAGS.mark_as_parsed()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from sid2video import sharding
+    from sid2video import flags, sharding
 
+    flags.configure_logging()
     sharding.join_from_flags(args)
-    from sid2video import flags
-
     sampler = flags.sampler_overrides(args)
     if "guidance_interval" in sampler and sampler["guidance_interval"] is None:
         sampler["guidance_interval"] = "none"  # evaluate() skips None overrides; 'none' turns it off

@@ -403,7 +403,7 @@ def run(argv: list[str]) -> int:
     # ffmpeg runs through subprocess (fork, then exec at once), which JAX's fork warning does not
     # distinguish from an unsafe fork.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    flags.configure_logging(info=False)  # the demo prints its own progress lines
     workdir = pathlib.Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     if args.num_eval is None:

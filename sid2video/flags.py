@@ -12,6 +12,7 @@ need marked as parsed); the others build a `Parser` (argparse). Importing this m
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any, Callable
 
@@ -187,3 +188,16 @@ def parse_flags(prog: str, argv: list[str], define: Callable[[Any], None] | None
 def config_arg(argv: list[str]) -> str:
     """The `--config` value given in `argv` ('' if none)."""
     return split_config_args(argv)[0] or ""
+
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+def configure_logging(info: bool = True) -> None:
+    """Every command's logging: everyone's warnings to stderr and, with `info`, sid2video's and
+    evaluation's INFO lines (resume step, loader summary, evaluations, why a run stopped); other
+    libraries' INFO chatter (orbax's) would bury an error. Importing orbax already gave the root
+    logger a handler, which a plain `basicConfig` would keep (with its threshold), so it is replaced."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, force=True)
+    for name in ("sid2video", "evaluation"):
+        logging.getLogger(name).setLevel(logging.INFO if info else logging.WARNING)

@@ -130,11 +130,7 @@ def run(argv: list[str]) -> int:
     sharding.add_distributed_flags(parser)
     args = parser.parse_args(argv)
     absl.flags.FLAGS.mark_as_parsed()
-    # sid2video's INFO lines and everyone's warnings (orbax's INFO chatter would bury an error);
-    # importing orbax already configured the root logger.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        force=True)
-    logging.getLogger("sid2video").setLevel(logging.INFO)
+    flags.configure_logging()
 
     from sid2video import checkpoint
     from sid2video.data import pipeline

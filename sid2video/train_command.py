@@ -8,21 +8,11 @@ and hands it to the loop as a hook, so the trainer itself never imports evaluati
 from __future__ import annotations
 
 import json
-import logging
 
 from sid2video import checkpoint as ckpt
 from sid2video import errors, sharding
 from sid2video.config import TrainConfig
 from sid2video.train import NonFiniteError, fit
-
-
-def configure_logging() -> None:
-    """sid2video's INFO lines (resume step, loader summary, evaluations, why the run stopped) and
-    everyone's warnings to stderr. Importing orbax already gave the root logger a handler, which
-    plain `basicConfig` would keep (and with it the WARNING threshold), so it is replaced."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        force=True)
-    logging.getLogger("sid2video").setLevel(logging.INFO)
 
 
 def eval_hooks(config, workdir) -> list:
@@ -37,10 +27,11 @@ def eval_hooks(config, workdir) -> list:
 
 def run(argv: list[str]) -> int:
     """`sid2video train --config configs/kinetics600.py:small --workdir DIR [--config.key=value]`."""
-    configure_logging()
     from absl import flags
 
     from sid2video import flags as cli_flags
+
+    cli_flags.configure_logging()
 
     def define(fv):
         flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics); resumed if it exists",

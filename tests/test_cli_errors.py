@@ -223,3 +223,38 @@ def test_a_signal_during_start_up_is_one_line_and_128_plus_the_signal(paths, sig
     assert proc.returncode == status, err     # exited (a death by the signal would be -sig)
     assert "Traceback" not in err and f"sid2video train: interrupted by {sig.name}" in err, err
     assert not (workdir / "checkpoints").exists()
+
+
+def test_every_command_logs_the_same_way():
+    """flags.configure_logging, which every command calls: sid2video's and evaluation's INFO lines
+    and everyone's warnings reach stderr, other libraries' INFO does not; a handler installed
+    before (importing orbax installs one) is replaced, not kept beside it; info=False (the demo)
+    keeps only warnings."""
+    import io
+    import logging
+
+    from sid2video import flags
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, {n: logging.getLogger(n).level for n in ("sid2video", "evaluation")}
+    try:
+        stale = logging.StreamHandler(io.StringIO())
+        root.addHandler(stale)
+        for info in (True, False):
+            flags.configure_logging(info=info)
+            assert stale not in root.handlers and len(root.handlers) == 1
+            stream = io.StringIO()
+            root.handlers[0].setStream(stream)
+            logging.getLogger("sid2video.train").info("resumed")
+            logging.getLogger("evaluation.harness").info("evaluated")
+            logging.getLogger("absl").info("orbax chatter")
+            logging.getLogger("jax").warning("a warning")
+            text = stream.getvalue()
+            assert ("resumed" in text, "evaluated" in text) == (info, info), text
+            assert "orbax chatter" not in text and "a warning" in text
+            assert " sid2video.train INFO resumed" in text or not info
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)

@@ -14,7 +14,6 @@ with its first unfinished shard (tfds_writer.py). Prepared datasets are read by 
 from __future__ import annotations
 
 import argparse
-import logging
 import pathlib
 import sys
 from typing import Sequence
@@ -63,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point of `sid2video prepare ...` (argv: the arguments after `prepare`)."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    flags.configure_logging()
     progress = not args.no_progress
     if args.what == "kinetics600":
         out = convert_videos.prepare_videos(
