@@ -30,8 +30,8 @@ _TRAIN = dict(batch_size=16, num_steps=2000, learning_rate=1e-3, warmup_steps=10
 
 # The video demo trains on 8 clips a step at learning rate 3e-3. A step of 8 clips costs about
 # half a step of 16 on a CPU (the cost per clip barely changes with the batch), and on two training
-# seeds 2000 such steps matched 2000 steps of 16 clips at 1e-3 (README, demo section). Its 4000
-# steps take about 7 minutes on 2 CPU cores; the 7-minute budget ends training on a slower machine.
+# seeds 2000 such steps matched 2000 steps of 16 clips at 1e-3 (README, demo section). Training
+# ends at 4000 steps or at the demo's 7-minute budget, whichever comes first.
 _VIDEO_TRAIN = dict(_TRAIN, batch_size=8, learning_rate=3e-3, num_steps=4000, checkpoint_every=400)
 
 
