@@ -100,6 +100,7 @@ def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
 
     _say("5/5 rendering MP4s and writing the report")
     result["renders"] = _render_predictions(workdir, run_dir, clips)
+    result["strip"], result["strip_frames"] = _report_strip(workdir, clips)
     result["seconds"] = time.time() - t0
     _video_report(workdir, run_dir, result, per_frame)
     return result
@@ -219,6 +220,31 @@ def _render_predictions(workdir: pathlib.Path, run_dir: pathlib.Path, clips: _Pr
     return [str(p) for p in render.render_npz(npz, workdir / "renders", fmt=("mp4",), max_grid=16)]
 
 
+# Clips in the report's strip: enough to judge by eye, few enough to stay one screen tall.
+STRIP_CLIPS = 4
+
+
+def strip_frames(num_frames: int, num_cond: int) -> list[int]:
+    """The frames the report's strip shows: the last given one, then the first, middle and last
+    predicted ones (0-based, ascending, no repeats)."""
+    first, last = num_cond, num_frames - 1
+    return sorted({num_cond - 1, first, (first + last) // 2, last})
+
+
+def _report_strip(workdir: pathlib.Path, clips: _Predictions) -> tuple[str, list[int]]:
+    """A PNG of the first STRIP_CLIPS test clips: per clip the truth above the prediction, at the
+    frames `strip_frames` names (the given one in draw.GIVEN's border, predicted ones in PRED's)."""
+    from sid2video import draw, render
+
+    truth_BTHWC, pred_BTHWC = clips.videos["truth"], clips.videos["model"]
+    frames = strip_frames(truth_BTHWC.shape[1], clips.num_cond)
+    rows = []
+    for truth_THWC, pred_THWC in zip(truth_BTHWC[:STRIP_CLIPS], pred_BTHWC[:STRIP_CLIPS]):
+        rows += [truth_THWC[frames], pred_THWC[frames]]
+    path = render.write_png(workdir / "report_strip.png", draw.strip(rows, num_cond=1, group=2))
+    return str(path), frames
+
+
 def _video_report(workdir: pathlib.Path, run_dir: pathlib.Path, result: dict, per_frame: dict) -> None:
     import matplotlib
 
@@ -261,6 +287,10 @@ def _video_report(workdir: pathlib.Path, run_dir: pathlib.Path, result: dict, pe
         *([f"FVD: {result['fvd_protocol']}; with so few clips it compares the two rows, it is "
            "not comparable to published FVD."] if "fvd" in result["model"] else []), "",
         f"![metrics]({plot.name})", "",
+        f"Frames {', '.join(str(i + 1) for i in result['strip_frames'])} (the last given frame, then the "
+        "first, middle and last predicted ones) of the first held-out clips: in each pair the truth "
+        "above, the prediction below.", "",
+        f"![truth above, prediction below]({pathlib.Path(result['strip']).name})", "",
         f"Videos: {grid[0] if grid else workdir / 'renders'} (left: given frames (green) and "
         "predictions (red); right: ground truth).",
     ])

@@ -38,6 +38,7 @@ def test_video_demo_writes_decodable_mp4s_and_a_report(video_demo):
     report = (video_demo / "report.md").read_text()
     assert "copy-last-frame" in report and "report_metrics.png" in report
     assert (video_demo / "report_metrics.png").stat().st_size > 0
+    assert "report_strip.png" in report
     # The saved predictions keep the given frames exactly.
     npz = np.load(video_demo / "run" / "samples" / "step_2.npz")
     np.testing.assert_array_equal(npz["sample"][:, :5], npz["truth"][:, :5])
@@ -48,6 +49,28 @@ def test_video_demo_writes_decodable_mp4s_and_a_report(video_demo):
     for row, pred in (("model", npz["sample"].astype(np.float64)), ("copy_last_frame", baseline)):
         mse = ((pred[:, 5:] - truth[:, 5:]) ** 2).mean(axis=(2, 3, 4))
         assert result[row]["psnr"] == pytest.approx(np.mean(10 * np.log10(255.0**2 / mse)), rel=1e-6)
+
+
+def test_the_report_strip_shows_truth_above_prediction(video_demo):
+    """The strip's cells are the saved clips' frames 5, 6, 11 and 16 (1-based), enlarged 4× (16² to
+    the 64-pixel minimum) in 2-pixel borders: truth then prediction per clip, 6 blank rows between clips."""
+    from sid2video import demo
+
+    assert demo.strip_frames(16, 5) == [4, 5, 10, 15]
+    assert demo.strip_frames(3, 1) == [0, 1, 2]  # one given frame, two predicted: no repeats
+    result = json.loads((video_demo / "result.json").read_text())
+    assert result["strip_frames"] == [4, 5, 10, 15]
+    picture = np.asarray(Image.open(video_demo / "report_strip.png").convert("RGB"))
+    npz = np.load(video_demo / "run" / "samples" / "step_2.npz")
+    cell, gap = 16 * 4 + 2 * 2, 6
+    assert picture.shape == (4 * cell + gap, 4 * cell, 3)  # 2 clips x (truth, prediction), 4 frames
+    for clip in range(2):
+        for kind, key in enumerate(("truth", "sample")):
+            y = clip * (2 * cell + gap) + kind * cell + 2
+            for col, frame in enumerate(result["strip_frames"]):
+                x = col * cell + 2
+                want = np.kron(npz[key][clip, frame], np.ones((4, 4, 1), np.uint8))
+                np.testing.assert_array_equal(picture[y:y + 64, x:x + 64], want)
 
 
 def test_positions_follow_the_saved_ground_truth():
