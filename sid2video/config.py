@@ -194,7 +194,8 @@ def base(*, data: dict, model: dict, schedule: dict, loss: dict, sampler: dict, 
     default (`defaults`; the train defaults are the papers' optimisation settings, SiD2 B.6 /
     simple diffusion B.2), and the given dicts override them. A key no reader knows is an error
     here, not at the first train step. model.num_frames / resolution / num_classes follow `data`
-    through field references, so `--config.data.resolution=64` moves both."""
+    through field references, so `--config.data.resolution=64` moves both; model.mean_type follows
+    loss.mean_type the same way."""
     c = ConfigDict()
     c.seed = seed
     for name, given in (("data", data), ("model", model), ("loss", loss), ("sampler", sampler),
@@ -208,6 +209,7 @@ def base(*, data: dict, model: dict, schedule: dict, loss: dict, sampler: dict, 
     c.model.num_frames = c.data.get_ref("num_frames")
     c.model.resolution = c.data.get_ref("resolution")
     c.model.num_classes = c.data.get_ref("num_classes")
+    c.model.mean_type = c.loss.get_ref("mean_type")  # what the output is (model.frame_residual reads it)
     c.schedule = ConfigDict(schedule)
     if "image_d" in c.schedule:
         c.schedule.image_d = c.data.get_ref("resolution")
@@ -433,9 +435,13 @@ def validate(config: ConfigDict) -> ConfigDict:
     except (ValueError, TypeError) as err:
         raise ValueError(f"config.schedule: {err}") from None
     try:
-        losses.LossConfig.from_config(config.loss)
+        loss = losses.LossConfig.from_config(config.loss)
     except (ValueError, TypeError) as err:
         raise ValueError(f"config.loss: {err}") from None
+    if model.frame_residual and model.mean_type != loss.mean_type:
+        raise _fail("model.mean_type", model.mean_type,
+                    f"must equal config.loss.mean_type={loss.mean_type!r} with model.frame_residual=True "
+                    "(the network's output is shifted back according to what it predicts)")
     class_drop = _rate(config.loss, "class_drop_rate", prefix="loss")
     cond_drop = _rate(config.loss, "cond_drop_rate", prefix="loss")
     if class_drop > 0 and classes == 0:

@@ -3,6 +3,7 @@
 import pathlib
 
 import pytest
+from ml_collections import ConfigDict
 
 from sid2video import config as config_lib
 from sid2video import flags
@@ -129,6 +130,17 @@ def test_model_follows_data_through_references():
     c.data.num_frames = 8
     assert c.model.num_frames == 8
     validate(c)
+    c.loss.mean_type = "eps"
+    assert c.model.mean_type == "eps"
+    c.model.frame_residual = True
+    validate(c)
+    # A config read back from JSON has no references: the two can disagree, and the shift would be wrong.
+    c.model.mean_type = "x"
+    assert c.loss.mean_type == "x"  # setting either end of the reference sets both
+    unlinked = c.to_dict()
+    unlinked["loss"]["mean_type"] = "eps"
+    with pytest.raises(ValueError, match=r"model.mean_type='x'.*loss.mean_type='eps'"):
+        validate(ConfigDict(unlinked))
 
 
 def _set(config, path, value):
@@ -153,6 +165,7 @@ def _set(config, path, value):
     ("demo", "video", "model.num_heads", 3, r"num_heads=3.*divide"),
     ("demo", "video", "model.patch_frames", 3, r"patch_frames=3.*num_frames=16"),
     ("demo", "video", "model.frame_conditioning", False, r"frame_conditioning"),
+    ("demo", "images", "model.frame_residual", True, r"frame_residual=True.*frame_conditioning=True"),
     ("demo", "video", "schedule.name", "linear", r"config.schedule.*'linear'"),
     ("demo", "video", "loss.weighting", "l2", r"config.loss.*weighting"),
     ("demo", "video", "sampler.method", "euler", r"config.sampler.*euler"),

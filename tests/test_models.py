@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from sid2video import checkpoint
-from sid2video.models import layers, temporal_taps, uvit
+from sid2video.models import layers, temporal_taps, uvit, uvit_config
 
 # 3 nested levels (16², 8², 4²): ResBlocks with factorized convs, factorized attention at 4².
 VIDEO = dict(num_frames=8, resolution=16, channels=(32, 32, 32),
@@ -197,6 +197,50 @@ def test_cond_fill_last_gives_each_frame_the_latest_given_frame():
     np.testing.assert_array_equal(zeros[1, 3, ..., 3:6], 0.0)
     with pytest.raises(ValueError, match="cond_fill"):
         uvit.UViTConfig.from_config({**VIDEO, "cond_fill": "first"})
+
+
+def _last_given_loop(cond, mask):
+    """The latest given frame before each frame without conditioning, zeros elsewhere (a loop)."""
+    c, m = np.asarray(cond), np.asarray(mask)
+    out = np.zeros_like(c)
+    for b in range(c.shape[0]):
+        last = None
+        for t in range(c.shape[1]):
+            if m[b, t]:
+                last = t
+            elif last is not None:
+                out[b, t] = c[b, last]
+    return out
+
+
+@pytest.mark.parametrize("mean_type", ["v", "eps", "x"])
+def test_frame_residual_runs_the_plain_network_on_the_change(video, mean_type):
+    """frame_residual: the same parameters give the plain network's output on z − α·last, moved
+    back by −σ·last (v), 0 (ε) or +last (x); `last` is recomputed by a loop over frames."""
+    from sid2video.diffusion import parametrization
+
+    model, pert, f = video
+    cfg = {**VIDEO, "frame_residual": True, "mean_type": mean_type}
+    residual = nnx.merge(nnx.graphdef(uvit.abstract(cfg)), nnx.state(pert))
+    z, logsnr, cond, _ = video_inputs(VIDEO)
+    mask = jnp.array([[1, 1, 1, 0, 0, 0, 0, 0], [0, 0, 1, 0, 1, 0, 0, 0]], jnp.float32)
+    last = _last_given_loop(cond, mask)
+    alpha = np.sqrt(1 / (1 + np.exp(-np.asarray(logsnr))))[:, None, None, None, None]
+    sigma = np.sqrt(1 / (1 + np.exp(np.asarray(logsnr))))[:, None, None, None, None]
+    out = jitted(residual)(residual, z, logsnr, cond, mask, None)
+    plain = np.asarray(f(pert, z - alpha * last, logsnr, cond, mask, None))
+    shift = {"v": -sigma * last, "eps": 0.0, "x": last}[mean_type]
+    np.testing.assert_allclose(np.asarray(out), plain + shift, atol=2e-5)
+    assert np.abs(shift).max() > 0.1 or mean_type == "eps"
+    if mean_type == "v":
+        # Untrained (zero output head): x̂ = α z + σ² last, i.e. copy-last-frame at high noise.
+        init = nnx.merge(nnx.graphdef(residual), nnx.state(model))
+        low = jnp.array([-20.0, -20.0])
+        x_hat = parametrization.predictions(jitted(init)(init, z, low, cond, mask, None), z, low, "v")[0]
+        np.testing.assert_allclose(np.asarray(x_hat)[mask == 0], last[np.asarray(mask) == 0], atol=1e-3)
+        assert uvit_config.MEAN_TYPES == parametrization.MEAN_TYPES
+    with pytest.raises(ValueError, match="frame_residual.*frame_conditioning"):
+        uvit.UViTConfig.from_config({**cfg, "frame_conditioning": False})
 
 
 def test_null_label(image):

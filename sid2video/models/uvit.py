@@ -173,13 +173,39 @@ class UViT(nnx.Module):
                              f"(T, H, W, C) = {expected}")
         if label is not None and self.label_emb is None:
             raise ValueError("this model has num_classes=0; pass no label")
-        x = self.inputs(z, cond, cond_mask)
         logsnr = jnp.broadcast_to(jnp.asarray(logsnr, jnp.float32), z.shape[:1])
+        last = self.last_given(cond, cond_mask, z) if cfg.frame_residual else None
+        if last is not None:  # the residual process z' = α (x − last) + σ ε = z − α·last
+            alpha = jnp.sqrt(jax.nn.sigmoid(logsnr)).reshape(-1, 1, 1, 1, 1)
+            z_in = (z.astype(jnp.float32) - alpha * last).astype(z.dtype)
+        else:
+            z_in = z
+        x = self.inputs(z_in, cond, cond_mask)
         emb = self.embed(logsnr, label)
         h = self.patch_in(layers.patchify(x, cfg.patch_frames, cfg.patch_size))
         h = self.trunk(h, emb, deterministic)
         out = self.patch_out(nnx.swish(self.out_norm(h)))
-        return layers.unpatchify(out, cfg.patch_frames, cfg.patch_size).astype(z.dtype)
+        out = layers.unpatchify(out, cfg.patch_frames, cfg.patch_size)
+        if last is not None:  # back to the output of the plain process: v = v' − σ·last, x = x' + last
+            sigma = jnp.sqrt(jax.nn.sigmoid(-logsnr)).reshape(-1, 1, 1, 1, 1)
+            if cfg.mean_type == "v":
+                out = out.astype(jnp.float32) - sigma * last
+            elif cfg.mean_type == "x":
+                out = out.astype(jnp.float32) + last
+        return out.astype(z.dtype)
+
+    @staticmethod
+    def last_given(cond: Array | None, cond_mask: Array | None, z: Array) -> Array | None:
+        """float32 [B, T, H, W, C]: on every frame without conditioning the latest given frame
+        before it, zeros on given frames and where none precedes (None without conditioning)."""
+        if cond is None or cond_mask is None:
+            return None
+        if cond.shape != z.shape or tuple(cond_mask.shape) != z.shape[:2]:
+            raise ValueError(f"cond {cond.shape} and cond_mask {tuple(cond_mask.shape)} must have shapes "
+                             f"{z.shape} and {z.shape[:2]} (z's and its [B, T])")
+        mask = jnp.asarray(cond_mask, jnp.float32)
+        given = mask[:, :, None, None, None] * cond.astype(jnp.float32)
+        return fill_from_last(given, mask) * (1.0 - mask)[:, :, None, None, None]
 
 
 def fill_from_last(frames: Array, mask: Array) -> Array:

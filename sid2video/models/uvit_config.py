@@ -16,6 +16,7 @@ REMAT_POLICY_NAMES = ("full", "save_dots")  # layers.REMAT_POLICIES maps them to
 BLOCK_TYPES = ("resnet", "transformer")
 ATTENTION_TYPES = ("factorized", "full", "spatial")
 COND_FILLS = ("zeros", "last")
+MEAN_TYPES = ("v", "eps", "x")  # the same as diffusion.parametrization.MEAN_TYPES (tested)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -50,6 +51,13 @@ class UViTConfig:
     cond_fill                     what the cond channels of a frame without conditioning hold:
                                   'zeros', or 'last' (the latest given frame before it, zeros if
                                   none), so each predicted frame sees the newest context locally
+    frame_residual                the network models each predicted frame's change from the
+                                  latest given frame: it sees z_t − α·last and its output is
+                                  shifted back (v: −σ·last, x: +last, ε: unchanged), so
+                                  the diffusion runs over x − last; an untrained network
+                                  predicts copy-last-frame at high noise
+    mean_type                     what the output is ('v', 'eps', 'x'); only frame_residual
+                                  reads it, and it must equal config.loss.mean_type
     logsnr_scale_range            (lo, hi) of the affine map of λ fed to the sinusoidal embedding
     dtype, param_dtype            compute and parameter dtypes ('bfloat16' / 'float32')
     remat, scan_blocks            rematerialise each block; scan over stacked blocks
@@ -86,6 +94,8 @@ class UViTConfig:
     num_classes: int = 0
     frame_conditioning: bool = False
     cond_fill: str = "zeros"
+    frame_residual: bool = False
+    mean_type: str = "v"
     logsnr_scale_range: tuple[float, float] = (-10.0, 10.0)
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -225,6 +235,11 @@ class UViTConfig:
             raise _err("num_classes", self.num_classes, "must be a non-negative integer (0 = none)")
         if self.cond_fill not in COND_FILLS:
             raise _err("cond_fill", self.cond_fill, f"must be one of {COND_FILLS}")
+        if self.mean_type not in MEAN_TYPES:
+            raise _err("mean_type", self.mean_type, f"must be one of {MEAN_TYPES}")
+        if self.frame_residual and not self.frame_conditioning:
+            raise _err("frame_residual", self.frame_residual,
+                       "needs frame_conditioning=True (the change is taken from the given frames)")
         lo, hi = self.logsnr_scale_range
         if not lo < hi:
             raise _err("logsnr_scale_range", self.logsnr_scale_range, "needs lo < hi")
