@@ -10,7 +10,7 @@ micro-batch that fits (throughput.find_micro_batch; gradient accumulation over 2
 per step, the paper batch's step time extrapolated from it), K600 aDDIM-128 and ImageNet-512
 guided DDPM-512 sampling, and FVD's I3D features of 16-frame 64² clips. `--tiny` (the default on
 CPUs) shrinks each config after loading it (widths 8, the smallest resolution its levels allow,
-at most 2 blocks per stack, 8-frame videos, 4 sampler steps, 9-frame FVD clips) and keeps its
+at most 2 blocks per stack, 8-frame videos, 2 sampler steps, one timed train step, 9-frame FVD clips) and keeps its
 structure (levels, block kinds, scan, remat, conv and attention kinds, dtype, guidance).
 
 MFU = achieved model FLOP/s per device / the device's dense bf16 peak (sid2video.devices; on a
@@ -48,7 +48,7 @@ ROWS = {
 # Full size (accelerators) and tiny (CPUs) settings.
 FULL = dict(train_cap=64, accum=2, train_steps=5, sample_per_device=4, sample_steps=None,
             fvd_per_device=16, fvd_frames=16, fvd_resolution=64)
-TINY = dict(train_cap=2, accum=2, train_steps=2, sample_per_device=1, sample_steps=4,
+TINY = dict(train_cap=2, accum=2, train_steps=1, sample_per_device=1, sample_steps=2,
             fvd_per_device=1, fvd_frames=9, fvd_resolution=32)
 
 
