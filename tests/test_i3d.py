@@ -15,6 +15,9 @@ from evaluation import frechet, i3d, weight_cache, weights
 
 CROSS_CHECK_SHAPE = (1, 9, 224, 224, 3)   # the smallest clip the network accepts: T >= 9
 
+# The real network on 224² clips: here running costs more than compiling.
+pytestmark = pytest.mark.xla_optimized
+
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):

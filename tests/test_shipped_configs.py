@@ -224,6 +224,9 @@ def _shrunk_kinetics600(**overrides):
     return config
 
 
+# Unoptimised bfloat16 code runs ~10x slower on a CPU and rounds differently from the compiled
+# product; this test trains, so it compiles with XLA's optimisations (conftest).
+@pytest.mark.xla_optimized
 @pytest.mark.xdist_group("shipped-bfloat16")
 def test_bfloat16_kinetics600_structure_learns_and_samples_like_float32():
     """The paper configs compute in bfloat16: the K600 structure (scan, remat, dropout, bf16) lowers
