@@ -1,7 +1,7 @@
 """Tiny training set-ups shared by the trainer tests, and a worker for the subprocess tests.
 
     python tests/train_worker.py kill WORKDIR STEPS KILL_AT      train, SIGKILL itself at batch KILL_AT
-    python tests/train_worker.py shard OUT                      4 steps with DP and FSDP on 8 devices
+    python tests/train_worker.py shard OUT                      4 steps with DP and FSDP on 4 devices
     python tests/train_worker.py dist WORKDIR STEPS PID NPROC PORT [TERM_AT]
                                                                    one process of a multi-process run
 """
@@ -84,9 +84,9 @@ def _shard(out: str) -> None:
     from sid2video import sharding
     from sid2video.trainer import Trainer
 
-    assert jax.device_count() == 8, jax.devices()
+    assert jax.device_count() == 4, jax.devices()
     results = {}
-    for name, devices, fsdp in (("dp", jax.devices(), 1), ("fsdp", jax.devices(), 4)):
+    for name, devices, fsdp in (("dp", jax.devices(), 1), ("fsdp", jax.devices(), 2)):
         trainer = Trainer(tiny_config(fsdp=fsdp, fsdp_min_params=1), mesh=sharding.make_mesh(fsdp, devices))
         state = trainer.init_state()
         losses = []
