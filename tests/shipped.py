@@ -1,6 +1,6 @@
-"""Helpers for the shipped-config tests: the configs and variants in configs/, shrinking one the way
-a user would on the command line, tiny generated datasets, and running `sid2video` commands on
-several CPU devices."""
+"""Helpers for the shipped-config and README tests: the configs and variants in configs/, shrinking
+one the way a user would on the command line, the README's commands, tiny generated datasets, and
+running `sid2video` commands on several CPU devices."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+README = ROOT / "README.md"
 WORKER = ROOT / "tests" / "cli_worker.py"
 # Compiled programs shared by every shipped-config subprocess of a test session (and of later runs
 # on the same checkout): a resumed run or a second sampler call loads them instead of compiling.
@@ -45,6 +47,19 @@ def variants() -> list[tuple[str, str]]:
         if not names:
             raise AssertionError(f"{path} declares no VARIANTS tuple")
         out += [(path.stem, v) for v in names]
+    return out
+
+
+def readme_commands() -> list[str]:
+    """The `sid2video ...` and `make ...` lines of the README's bash blocks, continuations joined
+    and comments dropped."""
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        text = block.replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith(("sid2video ", "make ")):
+                out.append(" ".join(line.split()))
     return out
 
 
@@ -148,16 +163,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def run_processes(commands: list[list[str]], tmp_path: pathlib.Path, *, processes: int = 2,
-                  timeout: float = 900) -> list[list[dict]]:
-    """Run the same `sid2video` commands as `processes` processes of one jax.distributed run (one
-    CPU device each, gloo collectives over 127.0.0.1); each command gets the joining flags."""
-    port = free_port()
-    per_process = [[argv + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", str(processes),
-                            "--process_id", str(pid)] for argv in commands] for pid in range(processes)]
-    return run_process_group(per_process, tmp_path, timeout=timeout)
 
 
 def run_process_group(per_process: list[list[list[str]]], tmp_path: pathlib.Path, *,

@@ -3,8 +3,8 @@
 The commands are read from the README's bash blocks, so a new one fails here until it has a way to
 run. Paths point at generated data, counts shrink (samples, steps, batch) and `...` (what the
 README leaves to the user) is the demo's video config, the cheapest to compile; the flags are the
-README's. The train commands run on 8 CPU devices (the README's FSDP command splits over 8), the
-multi-process one as two processes.
+README's. The train commands run on 8 CPU devices (the README's FSDP command splits over 8); the
+multi-process one runs in tests/test_shipped_configs.py's two-process Kinetics600 run.
 `make demo` and `make test` are the Quickstart, which CI runs.
 """
 
@@ -12,28 +12,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import re
 import shlex
 
 import pytest
 
 import shipped
 
-README = shipped.ROOT / "README.md"
 QUICKSTART = {"make demo", "make test"}
-
-
-def readme_commands() -> list[str]:
-    """The `sid2video ...` and `make ...` lines of the README's bash blocks, continuations joined
-    and comments dropped."""
-    out = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
-        text = block.replace("\\\n", " ")
-        for line in text.splitlines():
-            line = line.split(" #", 1)[0].strip()
-            if line.startswith(("sid2video ", "make ")):
-                out.append(" ".join(line.split()))
-    return out
 
 
 def _concrete(command: str, *, data: dict, tmp: pathlib.Path, spec: list[str]) -> list[str]:
@@ -55,14 +40,14 @@ def _concrete(command: str, *, data: dict, tmp: pathlib.Path, spec: list[str]) -
 
 
 def test_every_readme_command_is_covered():
-    commands = readme_commands()
+    commands = shipped.readme_commands()
     assert "sid2video info --config configs/kinetics600.py:small" in commands
     unknown = [c for c in commands if c not in QUICKSTART and c not in PLAN]
     assert not unknown, f"README commands without a test: {unknown}"
 
 
-# How each README command runs here: its place in one 8-device session ('session'), as two
-# processes ('processes'), or already covered by another test (the reason).
+# How each README command runs here: its place in one 8-device session ('session'), or covered by
+# another test (the reason).
 PLAN = {
     "sid2video demo --workdir DIR": "tests/test_demo.py runs the demo end to end",
     "sid2video prepare kinetics600 --src /data/kinetics600 --out /data/k600_prepared --split train": "session",
@@ -75,7 +60,8 @@ PLAN = {
         "tests/test_shipped_configs.py trains kinetics600:small with these flags at shrunk width",
     "sid2video train ... --config.train.fsdp=8 --config.train.grad_accum_steps=4": "session",
     "sid2video train ... --distributed": "session",
-    "sid2video train ... --coordinator_address=127.0.0.1:1234 --num_processes=2 --process_id=0": "processes",
+    "sid2video train ... --coordinator_address=127.0.0.1:1234 --num_processes=2 --process_id=0":
+        "tests/test_shipped_configs.py trains the Kinetics600 structure (for `...`) with it as two processes",
     "sid2video sample --workdir runs/k600 --num 64 --method addim --sampler_steps 128": "session",
     "sid2video evaluate --workdir runs/k600 --metric fvd --num_samples 50000 --protocol kinetics600":
         "tests/test_shipped_configs.py evaluates the two-process Kinetics600 run with these flags",
@@ -98,7 +84,7 @@ def _spec(tmp: pathlib.Path, data: dict, batch: int) -> list[str]:
 
 @pytest.mark.xdist_group("readme")
 def test_readme_commands_run_as_printed(data, tmp_path):
-    commands = [c for c in readme_commands() if PLAN.get(c) == "session"]
+    commands = [c for c in shipped.readme_commands() if PLAN.get(c) == "session"]
     spec = _spec(tmp_path, data, batch=32)  # 8 devices × 4 accumulation steps × 1
     argvs = []
     for command in commands:
@@ -119,17 +105,3 @@ def test_readme_commands_run_as_printed(data, tmp_path):
     assert (tmp_path / "renders").is_dir() and any((tmp_path / "renders").rglob("*.mp4"))
     assert any((tmp_path / "renders").rglob("*.gif"))
     assert (tmp_path / "k600_prepared").is_dir()
-
-
-@pytest.mark.xdist_group("readme-processes")
-def test_readme_multi_process_command(data, tmp_path):
-    command = next(c for c in readme_commands() if PLAN.get(c) == "processes")
-    spec = _spec(tmp_path, data, batch=4)
-    port = shipped.free_port()
-    argv = _concrete(command.replace("127.0.0.1:1234", f"127.0.0.1:{port}"), data=data, tmp=tmp_path,
-                     spec=spec) + ["--train_steps", "1"]
-    assert "--process_id=0" in argv
-    per_process = [[[a.replace("--process_id=0", f"--process_id={pid}") for a in argv]] for pid in range(2)]
-    shipped.run_process_group(per_process, tmp_path)
-    rows = [json.loads(line) for line in (tmp_path / "runs" / "k600" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1] and shipped.finite(rows[0]["loss"])

@@ -13,6 +13,7 @@ plain data parallelism. `make test` runs this for kinetics600:small and imagenet
 from __future__ import annotations
 
 import json
+import shlex
 
 import jax
 import numpy as np
@@ -150,29 +151,44 @@ def test_shipped_config_trains_resumes_samples_and_evaluates(name, variant, data
         assert shipped.finite(entry["psnr"]) and shipped.finite(entry["ssim"])
 
 
+def _readme_two_process_train(spec: list[str], port: int, pid: int) -> list[str]:
+    """The README's multi-process train command as printed, for process `pid`: `...` is `spec`,
+    the coordinator is on `port`."""
+    command = next(c for c in shipped.readme_commands() if "--num_processes=2" in c)
+    argv = shlex.split(command.replace("127.0.0.1:1234", f"127.0.0.1:{port}"))[1:]
+    assert argv[0] == "train" and "--process_id=0" in argv and "..." in argv, command
+    i = argv.index("...")
+    argv[i:i + 1] = spec
+    return [a.replace("--process_id=0", f"--process_id={pid}") for a in argv]
+
+
 @pytest.mark.xdist_group("shipped-two-processes")
 def test_kinetics600_structure_on_two_processes(data, tmp_path):
     """The Kinetics600 structure as one run of two processes (jax.distributed over gloo on
     127.0.0.1, one CPU device each, each reading its share of the data): train data parallel with
-    gradient accumulation, lose the newest checkpoint and resume to the same
-    parameters, then sample and evaluate with the README's flags."""
+    gradient accumulation through the README's multi-process command, lose the newest checkpoint
+    and resume to the same parameters, then sample and evaluate with the README's flags."""
     config = config_lib.load(f"{shipped.CONFIGS}/kinetics600.py:small")
     run = str(tmp_path / "run")
     spec = ["--config", "configs/kinetics600.py:small", *shipped.shrink_flags(config),
             f"--config.data.data_dir={data['video']}", "--config.train.batch_size=4",
             "--config.train.checkpoint_every=1", "--config.train.log_every=1",
-            "--config.train.grad_accum_steps=2"]
-    commands = [
-        ["train", *spec, "--workdir", run, "--train_steps", "2"],
+            "--config.train.grad_accum_steps=2", "--workdir", run, "--train_steps", "2"]
+    port = shipped.free_port()
+    join = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
+    per_process = [[
+        _readme_two_process_train(spec, port, pid),
         ["@move", f"{run}/checkpoints/2", str(tmp_path / "whole" / "checkpoints" / "2")],
-        ["train", *spec, "--workdir", run, "--train_steps", "2"],
+        _readme_two_process_train(spec, port, pid),
         # README: sample --num 64 --method addim --sampler_steps 128; evaluate --metric fvd
         # --num_samples 50000 --protocol kinetics600 (counts cut to the tiny data).
-        ["sample", "--workdir", run, "--num", "2", "--method", "addim", "--sampler_steps", str(SAMPLER_STEPS)],
+        ["sample", "--workdir", run, "--num", "2", "--method", "addim", "--sampler_steps", str(SAMPLER_STEPS),
+         *join, "--process_id", str(pid)],
         ["evaluate", "--workdir", run, "--metric", "fvd", "--num_samples", "2", "--protocol", "kinetics600",
-         "--batch_size", "1", "--no_progress", "--sampler_steps", str(SAMPLER_STEPS), "--no_baseline_fvd"],
-    ]
-    shipped.run_processes(commands, tmp_path)
+         "--batch_size", "1", "--no_progress", "--sampler_steps", str(SAMPLER_STEPS), "--no_baseline_fvd",
+         *join, "--process_id", str(pid)],
+    ] for pid in range(2)]
+    shipped.run_process_group(per_process, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 2] and all(shipped.finite(r["loss"]) for r in rows)
     assert rows[1]["loss"] == rows[2]["loss"]
