@@ -25,7 +25,7 @@ import sys
 import threading
 import traceback
 
-from sid2video import errors
+from sid2video import errors, host_memory
 from sid2video.errors import UserError
 
 # name -> (module providing `run(argv) -> int`, one-line help)
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}")
     prog = f"sid2video {name}"
     module_name, _ = SUBCOMMANDS[name]
+    host_memory.tune()
     with _interrupts(prog, debug), _debug_env(debug):
         try:
             return int(importlib.import_module(module_name).run(rest) or 0)
