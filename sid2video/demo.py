@@ -88,7 +88,7 @@ def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
 
     _say(f"3/5 predicting {num_eval} held-out clips with {config.sampler.method} "
          f"({config.sampler.num_steps} steps) from the EMA parameters")
-    clips = _predict_test_clips(run_dir, num_eval, seed)
+    clips = _predict_test_clips(run_dir, data_dir, num_eval, seed)
 
     _say("4/5 measuring predictions and the copy-last-frame baseline")
     truth_BTHWC = clips.videos["truth"]
@@ -106,16 +106,33 @@ def video_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
     return result
 
 
+# Written last into the demo's data folder: what was written (counts, seed, sizes).
+DATA_MARKER = "DONE.json"
+
+
+def _needs_writing(data_dir: pathlib.Path, wanted: dict) -> bool:
+    """Whether the demo's data must be written: not there yet, or written with other settings
+    (then the old folder is removed first, so no clip of the old set stays behind and gets indexed)."""
+    import shutil
+
+    marker = data_dir / DATA_MARKER
+    if not marker.exists():
+        return True
+    if json.loads(marker.read_text()) == wanted:
+        return False
+    shutil.rmtree(data_dir)
+    return True
+
+
 def _write_moving_digits(data_dir: pathlib.Path, seed: int, counts: dict[str, int]) -> None:
     """The moving-digits dataset in `data_dir`, written unless the same one is already there."""
     from sid2video.data import synthetic
 
-    marker = data_dir / "DONE.json"
     wanted = {"counts": counts, "seed": seed, **VIDEO_DATA}
-    if not marker.exists() or json.loads(marker.read_text()) != wanted:
+    if _needs_writing(data_dir, wanted):
         _say(f"1/5 writing the moving-digits dataset ({sum(counts.values())} MP4 clips) to {data_dir}")
         synthetic.write_moving_digits(data_dir, seed=seed, counts=counts, **VIDEO_DATA)
-        marker.write_text(json.dumps(wanted))
+        (data_dir / DATA_MARKER).write_text(json.dumps(wanted))
     else:
         _say(f"1/5 the moving-digits dataset is already in {data_dir}")
 
@@ -132,9 +149,10 @@ class _Predictions(NamedTuple):
     sampler: dict
 
 
-def _predict_test_clips(run_dir: pathlib.Path, num_eval: int, seed: int) -> _Predictions:
-    """The first `num_eval` test clips predicted from their given frames with the EMA parameters,
-    and the copy-last-frame baseline."""
+def _predict_test_clips(run_dir: pathlib.Path, data_dir: pathlib.Path, num_eval: int, seed: int) -> _Predictions:
+    """The first `num_eval` test clips of `data_dir` (this demo's data, wherever the run was
+    trained) predicted from their given frames with the EMA parameters, and the copy-last-frame
+    baseline."""
     import jax
 
     from evaluation import metrics
@@ -142,6 +160,7 @@ def _predict_test_clips(run_dir: pathlib.Path, num_eval: int, seed: int) -> _Pre
     from sid2video.data import pipeline
 
     model, run_config, step = checkpoint.load_model(run_dir)
+    run_config.data.data_dir = str(data_dir)
     generator = sample.Generator(model, run_config)
     it = pipeline.make_eval_iterator(run_config.data, batch_size=num_eval, split="test")
     batch = next(it)
@@ -332,12 +351,11 @@ def image_demo(workdir: pathlib.Path, *, minutes: float | None, steps: int | Non
     t0 = time.time()
     data_dir = workdir / "data"
     counts = {"train": 2000, "val": 400}
-    marker = data_dir / "DONE.json"
     wanted = {"counts": counts, "seed": seed, "size": IMAGE_SIZE}
-    if not marker.exists() or json.loads(marker.read_text()) != wanted:
+    if _needs_writing(data_dir, wanted):
         _say(f"1/5 writing {sum(counts.values())} labelled digit PNGs to {data_dir}")
         synthetic.write_digit_images(data_dir, seed=seed, counts=counts, size=IMAGE_SIZE)
-        marker.write_text(json.dumps(wanted))
+        (data_dir / DATA_MARKER).write_text(json.dumps(wanted))
     config = _configure("images", data_dir, seed, sampler_steps, overrides)
     run_dir = workdir / "run"
     _say("2/5 training the tiny class-conditional image model (T = 1)")

@@ -140,3 +140,20 @@ def test_probe_table_of_a_demo_run(video_demo):
     assert (low["logsnr"], high["logsnr"]) == (-7.0, 12.0)
     assert high["all"] < 1e-3 < 0.1 < low["all"]
     assert "| copy last frame |" in demo_probe.table(result)
+
+
+def test_a_rerun_with_other_data_settings_rewrites_the_data(video_demo, tmp_path):
+    """The workdir, moved, run again with 3 held-out clips instead of 2: the data folder is written
+    anew (no clip of the old set left to be indexed), the trained run is reused, and the clips come
+    from the moved folder, not from where the run was trained."""
+    import shutil
+
+    workdir = tmp_path / "demo"
+    shutil.copytree(video_demo, workdir)
+    rc = cli.main(["demo", "--workdir", str(workdir), "--train_steps", "2", "--num_eval", "3", "--sampler_steps", "2",
+                   "--train_clips", "8", "--no_fvd"])
+    assert rc == 0
+    result = json.loads((workdir / "result.json").read_text())
+    assert result["num_clips"] == 3 and result["train"]["step"] == 2
+    assert len(list((workdir / "data" / "test").rglob("*.mp4"))) == 3
+    assert json.loads((workdir / "data" / "DONE.json").read_text())["counts"]["test"] == 3
