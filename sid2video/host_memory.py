@@ -5,8 +5,11 @@ program run for all its intermediate values (tens of MiB for a training step). g
 blocks above a threshold (128 KiB, raised dynamically up to 32 MiB) with fresh `mmap`s and returns
 them with `munmap`, and trims the top of its heap after large frees; a training loop that
 allocates and frees the same buffers every step then takes a page fault for every page it
-touches, every step. On the demo's CPU training that is about a fifth of its wall time, spent in
-the kernel (`benchmarks/host_memory.py` measures it).
+touches, every step. With the demo's training on one core (`taskset -c 0`) that is almost half of
+its time, spent in the kernel (`benchmarks/host_memory.py` measures it). The settings reach the
+blocks a thread allocates from glibc's main arena; XLA's worker threads, which run the programs
+when it has several cores, allocate from arenas of their own, so there the steps per second do
+not change (measured on 2 cores).
 
 `tune()` asks glibc (`mallopt`) to serve blocks up to 1 GiB from the heap (32 MiB where an older
 glibc refuses more) and to keep what is freed: the process's resident memory then stays near its
