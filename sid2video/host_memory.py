@@ -13,8 +13,8 @@ not change (measured on 2 cores).
 
 `tune()` asks glibc (`mallopt`) to serve blocks up to 1 GiB from the heap (32 MiB where an older
 glibc refuses more) and to keep what is freed: the process's resident memory then stays near its
-peak instead of falling between steps. It is called by every `sid2video` command; `SID2VIDEO_MALLOC_TUNING=0` leaves malloc alone.
-Elsewhere than glibc (macOS, musl) it does nothing.
+peak instead of falling between steps. It is called by every `sid2video` command;
+`SID2VIDEO_MALLOC_TUNING=0` leaves malloc alone. Elsewhere than glibc (macOS, musl) it does nothing.
 """
 
 from __future__ import annotations
