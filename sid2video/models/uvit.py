@@ -39,7 +39,6 @@ from flax import nnx
 
 from sid2video.sharding import param_partition_spec  # noqa: F401  (re-exported)
 
-from sid2video.diffusion.schedules import alpha_sigma
 from sid2video.models import layers
 from sid2video.models.uvit_config import UViTConfig
 
@@ -177,7 +176,7 @@ class UViT(nnx.Module):
         logsnr = jnp.broadcast_to(jnp.asarray(logsnr, jnp.float32), z.shape[:1])
         last = self.last_given(cond, cond_mask, z) if cfg.frame_residual else None
         if last is not None:  # the residual process z' = α (x − last) + σ ε = z − α·last
-            alpha, sigma = (a.reshape(-1, 1, 1, 1, 1) for a in alpha_sigma(logsnr))
+            alpha = jnp.sqrt(jax.nn.sigmoid(logsnr)).reshape(-1, 1, 1, 1, 1)
             z_in = (z.astype(jnp.float32) - alpha * last).astype(z.dtype)
         else:
             z_in = z
@@ -188,6 +187,7 @@ class UViT(nnx.Module):
         out = self.patch_out(nnx.swish(self.out_norm(h)))
         out = layers.unpatchify(out, cfg.patch_frames, cfg.patch_size)
         if last is not None:  # back to the output of the plain process: v = v' − σ·last, x = x' + last
+            sigma = jnp.sqrt(jax.nn.sigmoid(-logsnr)).reshape(-1, 1, 1, 1, 1)
             if cfg.mean_type == "v":
                 out = out.astype(jnp.float32) - sigma * last
             elif cfg.mean_type == "x":
