@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from sid2video import demo_positions, flags
+from sid2video import demo_positions, devices, flags
 
 log = logging.getLogger("sid2video.demo")
 
@@ -446,7 +446,9 @@ def run(argv: list[str]) -> int:
     if spec is not None:
         parser.error("the config is configs/demo.py's video or images variant (--images); "
                      "override its keys with --config.KEY=VALUE")
-    load_config("images" if args.images else "video", overrides)  # a bad override stops before any work
+    # A bad override stops before any work.
+    batch_size = load_config("images" if args.images else "video", overrides).train.batch_size
+    cpu_devices = devices.split_cpu((batch_size,))
     absl.flags.FLAGS.mark_as_parsed()
     # ffmpeg runs through subprocess (fork, then exec at once), which JAX's fork warning does not
     # distinguish from an unsafe fork.
@@ -454,6 +456,9 @@ def run(argv: list[str]) -> int:
     flags.configure_logging(info=False)  # the demo prints its own progress lines
     workdir = pathlib.Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
+    if cpu_devices and cpu_devices > 1:
+        _say(f"{cpu_devices} JAX CPU devices, one per core: each trains on {batch_size // cpu_devices} "
+             f"of the {batch_size} examples a step")
     if args.num_eval is None:
         args.num_eval = 100 if args.images else 16
     if args.images:

@@ -11,6 +11,7 @@ PCIe and NVL differ by 30 %, so "H100" alone is not enough. JAX's kinds look lik
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -60,3 +61,47 @@ def memory(device: Any) -> dict[str, int | None]:
         stats = None
     stats = stats or {}
     return {"limit": stats.get("bytes_limit"), "peak": stats.get("peak_bytes_in_use")}
+
+
+# --------------------------------------------------------------------------- CPU devices
+
+CPU_SPLIT_FLAG = "xla_force_host_platform_device_count"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # platforms without affinity masks
+        return os.cpu_count() or 1
+
+
+def cpu_device_count(cores: int, batch_sizes: tuple[int, ...]) -> int:
+    """The most CPU devices, at most `cores`, that split every batch size evenly (at least 1)."""
+    for n in range(max(1, cores), 0, -1):
+        if all(b % n == 0 for b in batch_sizes):
+            return n
+    return 1
+
+
+def split_cpu(batch_sizes: tuple[int, ...], cores: int | None = None) -> int | None:
+    """Gives JAX one CPU device per usable core (fewer where a batch size would not split evenly),
+    so a data-parallel step runs one shard per core. Returns the device count set, or None where
+    nothing was changed: XLA_FLAGS already sets --xla_force_host_platform_device_count (the user's
+    choice wins) or JAX's backends are already running (the count is fixed at their start).
+
+    Why: XLA on the CPU runs a small model's ops with little parallelism inside each op, so one
+    device leaves a core idle much of a step. Two devices on two cores run the demo's video step
+    1.7× as fast (README, "CPU training"). A GPU or TPU backend is not affected; only JAX's CPU
+    backend reads the setting.
+    """
+    import jax
+
+    if CPU_SPLIT_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return None
+    n = cpu_device_count(usable_cores() if cores is None else cores, tuple(batch_sizes))
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # backends already initialised: the count can no longer change
+        return None
+    return n

@@ -29,6 +29,12 @@ jax.config.update("jax_compilation_cache_dir",
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 QUICK_COMPILE = bool(jax.config.read("jax_disable_most_optimizations"))
 
+# Start JAX's backends now, with the one CPU device the in-process tests expect: a command run
+# in-process (`cli.main(["demo", ...])`) would otherwise split the CPU into one device per core
+# (devices.split_cpu) for every later test in this process. Tests of several devices start their
+# own processes.
+jax.devices()
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
