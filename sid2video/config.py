@@ -206,14 +206,27 @@ def base(*, data: dict, model: dict, schedule: dict, loss: dict, sampler: dict, 
             raise ValueError(f"config.{name} has unknown key(s) {unknown}; known: {', '.join(sorted(section))}")
         section.update(given)
         c[name] = ConfigDict(section)
-    c.model.num_frames = c.data.get_ref("num_frames")
-    c.model.resolution = c.data.get_ref("resolution")
-    c.model.num_classes = c.data.get_ref("num_classes")
-    c.model.mean_type = c.loss.get_ref("mean_type")  # what the output is (model.frame_residual reads it)
     c.schedule = ConfigDict(schedule)
-    if "image_d" in c.schedule:
-        c.schedule.image_d = c.data.get_ref("resolution")
+    for key, source in FOLLOWS.items():
+        section, name = key.split(".")
+        if section == "schedule" and name not in c.schedule:
+            continue  # a schedule without a resolution (plain cosine)
+        src_section, src_name = source.split(".")
+        c[section][name] = c[src_section].get_ref(src_name)
     return c
+
+
+# Keys that follow another key through a field reference (`base`): setting one would set its
+# source too (ml_collections writes through the reference), so `override` refuses them and names
+# the key to set. model.mean_type says what the output is (model.frame_residual reads it);
+# schedule.image_d is set where the schedule has one.
+FOLLOWS: dict[str, str] = {
+    "model.num_frames": "data.num_frames",
+    "model.resolution": "data.resolution",
+    "model.num_classes": "data.num_classes",
+    "model.mean_type": "loss.mean_type",
+    "schedule.image_d": "data.resolution",
+}
 
 
 def interpolated_schedule(low: int = 32, high: int = 512) -> dict:
@@ -344,6 +357,10 @@ def override(config: ConfigDict, items: list[tuple[str, str]]) -> None:
         current = target[name]
         if isinstance(current, ConfigDict):
             raise ValueError(f"config.{key} is a section; set one of its keys")
+        source = FOLLOWS.get(key)
+        if source is not None:
+            raise ValueError(f"config.{key} follows config.{source} (now {current!r}); setting it would "
+                             f"change config.{source} too. Set --config.{source}=... instead")
         try:
             target[name] = _parse(text, current)
         except (ValueError, TypeError, SyntaxError) as err:

@@ -237,3 +237,18 @@ def test_old_flag_names_name_the_new_one(command, old, new):
     argv = [command, "--workdir", "w", old + "=1"] if command != "render" else [command, "--npz", "x", old, "1"]
     with pytest.raises(SystemExit, match=rf"^sid2video {command}: {old} is now {new}$"):
         cli.main(argv)
+
+
+@pytest.mark.parametrize("key", sorted(config_lib.FOLLOWS))
+def test_an_override_of_a_key_that_follows_another_is_refused_naming_the_source(key):
+    """Setting schedule.image_d would write through its reference into data.resolution (the data
+    would then be loaded at that size); the override is refused and names the key to set."""
+    config = load("imagenet256", "small") if key.startswith("schedule") else load("demo", "video")
+    before = config.to_dict()
+    source = config_lib.FOLLOWS[key]
+    with pytest.raises(ValueError, match=rf"config\.{key} follows config\.{source} .*--config\.{source}="):
+        config_lib.override(config, [(key, "64" if not key.endswith("mean_type") else "eps")])
+    assert config.to_dict() == before  # nothing written through
+    # Every listed key really follows its source in a built config.
+    section, name = source.split(".")
+    assert config[section].get_ref(name) is config[key.split(".")[0]].get_ref(key.split(".")[1])
