@@ -49,6 +49,12 @@ def _configure(variant: str, data_dir: pathlib.Path, seed: int, sampler_steps: i
     return config
 
 
+def _runs_on_cpu() -> bool:
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
@@ -456,7 +462,7 @@ def run(argv: list[str]) -> int:
     flags.configure_logging(info=False)  # the demo prints its own progress lines
     workdir = pathlib.Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    if cpu_devices and cpu_devices > 1:
+    if cpu_devices and cpu_devices > 1 and _runs_on_cpu():
         _say(f"{cpu_devices} JAX CPU devices, one per core: each trains on {batch_size // cpu_devices} "
              f"of the {batch_size} examples a step")
     if args.num_eval is None:

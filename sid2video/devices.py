@@ -92,7 +92,7 @@ def split_cpu(batch_sizes: tuple[int, ...], cores: int | None = None) -> int | N
 
     Why: XLA on the CPU runs a small model's ops with little parallelism inside each op, so one
     device leaves a core idle much of a step. Two devices on two cores run the demo's video step
-    1.7× as fast (README, "CPU training"). A GPU or TPU backend is not affected; only JAX's CPU
+    1.7× as fast (README, "Training on CPUs"). A GPU or TPU backend is not affected; only JAX's CPU
     backend reads the setting.
     """
     import jax
