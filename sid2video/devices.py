@@ -78,10 +78,8 @@ def usable_cores() -> int:
 
 def cpu_device_count(cores: int, batch_sizes: tuple[int, ...]) -> int:
     """The most CPU devices, at most `cores`, that split every batch size evenly (at least 1)."""
-    for n in range(max(1, cores), 0, -1):
-        if all(b % n == 0 for b in batch_sizes):
-            return n
-    return 1
+    # One device splits any batch, so the search always ends.
+    return next(n for n in range(max(1, cores), 0, -1) if all(b % n == 0 for b in batch_sizes))
 
 
 def split_cpu(batch_sizes: tuple[int, ...], cores: int | None = None) -> int | None:
