@@ -118,7 +118,8 @@ def test_demo_configs_are_tiny():
     assert (video.data.num_frames, video.data.num_cond_frames) == (16, 5)
     assert video.data.resolution <= 32 and max(video.model.channels) <= 32
     assert images.data.num_frames == 1 and images.data.num_classes == 10
-    assert max(images.model.channels) <= 32 and images.model.emb_channels <= 32
+    # Images: 2×2 patches on 16² keep an (64, 128) network to an 8×8 and a 4×4 map.
+    assert images.model.patch_size == 2 and max(images.model.channels) <= 128 and images.model.emb_channels <= 32
 
 
 def test_model_follows_data_through_references():

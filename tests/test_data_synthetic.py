@@ -92,3 +92,50 @@ def test_digit_images_are_deterministic_labelled_pngs(tmp_path):
         img = np.asarray(Image.open(p))
         assert img.shape == (20, 20, 3) and img.max() > 100
         np.testing.assert_array_equal(img, np.asarray(Image.open(tmp_path / "b" / p.relative_to(tmp_path / "a"))))
+
+
+def _ink_sides(root):
+    """Height and width of each PNG's bounding box of bright pixels."""
+    from PIL import Image
+
+    sides = []
+    for p in sorted(root.rglob("*.png")):
+        ys, xs = np.nonzero(np.asarray(Image.open(p)).max(axis=-1) > 32)
+        sides.append((ys.max() - ys.min() + 1, xs.max() - xs.min() + 1))
+    return np.array(sides)
+
+
+def test_digit_scale_bounds_the_digit_and_the_cli_writes_the_same_files(tmp_path):
+    from sid2video import cli
+
+    size, counts = 32, {"train": 30}
+    small = synthetic.write_digit_images(tmp_path / "small", counts=counts, size=size, scale=(0.25, 0.5),
+                                         progress=False)
+    full = synthetic.write_digit_images(tmp_path / "full", counts=counts, size=size, scale=(1, 1), progress=False)
+    assert small["scale"] == (0.25, 0.5) and full["scale"] == (1, 1)
+    # A digit drawn in a square of side <= 16 has ink no wider or taller than 16; one drawn over the
+    # whole 32² frame is at least 3/4 of it tall (the 8×8 glyphs fill 6 to 8 of their rows).
+    assert _ink_sides(tmp_path / "small").max() <= size // 2
+    assert _ink_sides(tmp_path / "full")[:, 0].min() >= 3 * size // 4
+    # The default scale (half to full frame) draws other sides and places: other files.
+    default = tmp_path / "default"
+    synthetic.write_digit_images(default, counts=counts, size=size, progress=False)
+    assert not all(filecmp.cmp(a, b, shallow=False) for a, b in
+                   zip(sorted(default.rglob("*.png")), sorted((tmp_path / "full").rglob("*.png"))))
+    # The CLI flags say the same, and the completion marker names the command with them.
+    out = tmp_path / "cli"
+    assert cli.main(["prepare", "digit_images", "--out", str(out), "--train", "30", "--val", "0", "--size",
+                     str(size), "--min_scale", "1", "--max_scale", "1", "--no_progress"]) == 0
+    for a in sorted((tmp_path / "full").rglob("*.png")):
+        assert filecmp.cmp(a, out / a.relative_to(tmp_path / "full"), shallow=False)
+    assert "--min_scale 1.0 --max_scale 1.0" in (out / "sid2video_prepared.json").read_text()
+
+
+@pytest.mark.parametrize("scale, match", [
+    ((0.0, 1.0), r"0 < lo <= hi <= 1"), ((0.8, 0.5), r"0 < lo <= hi <= 1"), ((0.5, 1.5), r"0 < lo <= hi <= 1"),
+    ((0.01, 0.5), r"under one pixel"), ("big", r"two numbers"),
+])
+def test_a_bad_digit_scale_is_refused_before_anything_is_written(tmp_path, scale, match):
+    with pytest.raises(ValueError, match=match):
+        synthetic.write_digit_images(tmp_path / "d", counts={"train": 2}, size=32, scale=scale, progress=False)
+    assert not (tmp_path / "d").exists()

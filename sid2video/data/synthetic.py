@@ -50,6 +50,9 @@ PALETTE = np.array(
     dtype=np.float32,
 )
 
+# write_digit_images: the digit's side is drawn from [lo, hi] × the image side.
+DIGIT_SCALE = (0.5, 1.0)
+
 # Disjoint pools of the 1797 bundled digits per split, so held-out clips show unseen handwriting.
 _POOLS = {"train": (0, 1200), "val": (1200, 1500), "test": (1500, 1797)}
 
@@ -230,19 +233,23 @@ def write_digit_images(
     seed: int = 0,
     counts: Mapping[str, int] | None = None,
     size: int = 32,
+    scale: tuple[float, float] = DIGIT_SCALE,
     progress: bool = True,
 ) -> dict:
     """Writes labelled digit PNGs (RGB, `size x size`) as `<root>/{split}/digit_<d>/<n>.png`.
 
-    Each image holds one coloured digit at a random scale (half to full frame) and position.
+    Each image holds one coloured digit at a random position, its side drawn uniformly from
+    the whole pixels in [scale[0] · size, scale[1] · size] (default half to full frame;
+    `scale=(1, 1)`: every digit fills the frame, like MNIST's centred digits).
     counts: images per split, default {"train": 500, "val": 100}.
     """
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
     counts = dict(counts or {"train": 500, "val": 100})
+    lo_side, hi_side = digit_sides(size, scale)
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    files.begin(root, _digit_images_command(root, seed, counts, size))
+    files.begin(root, _digit_images_command(root, seed, counts, size, scale))
     images, targets = _digits()
     bar = _progress(sum(counts.values()), "digit images", progress)
     split_ids = {name: i for i, name in enumerate(["train", "val", "test"])}
@@ -251,7 +258,7 @@ def write_digit_images(
         for i in range(count):
             rng = np.random.default_rng([seed, 100 + split_ids.get(split, 3 + len(split)), i])
             s = int(rng.integers(lo, hi))
-            side = int(rng.integers(size // 2, size + 1))
+            side = int(rng.integers(lo_side, hi_side + 1))
             y, x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
             color = PALETTE[rng.integers(len(PALETTE))]
             frame = render([upscale(images[s], side)], color[None], np.array([[[y, x]]]), size, size)[0]
@@ -263,7 +270,22 @@ def write_digit_images(
             bar.update(1)
     bar.close()
     files.finish(root)
-    return {"root": str(root), "counts": counts, "size": size, "seed": seed}
+    return {"root": str(root), "counts": counts, "size": size, "seed": seed, "scale": tuple(scale)}
+
+
+def digit_sides(size: int, scale: Sequence[float]) -> tuple[int, int]:
+    """The smallest and largest digit side in pixels for `scale` = (lo, hi), fractions of `size`."""
+    try:
+        lo, hi = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"digit scale={scale!r} must be two numbers (lo, hi) with 0 < lo <= hi <= 1") from None
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"digit scale=({lo:g}, {hi:g}) must satisfy 0 < lo <= hi <= 1 (fractions of the "
+                         f"image side; (1, 1) fills the frame)")
+    lo_side, hi_side = int(math.floor(lo * size)), int(math.floor(hi * size))
+    if lo_side < 1:
+        raise ValueError(f"digit scale lo={lo:g} of a {size}-pixel image is under one pixel; raise it")
+    return lo_side, hi_side
 
 
 def pattern_frames(video_number: int, num_frames: int, height: int, width: int) -> np.ndarray:
@@ -343,9 +365,14 @@ def _moving_digits_command(root: pathlib.Path, seed: int, counts: Mapping[str, i
                     ("train", "val", "test"), expressible, call)
 
 
-def _digit_images_command(root: pathlib.Path, seed: int, counts: Mapping[str, int], size: int) -> str:
-    call = f"sid2video.data.synthetic.write_digit_images({str(root)!r}, seed={seed}, counts={dict(counts)!r}, size={size})"
-    return _command("digit_images", root, seed, counts, {"--size": size}, ("train", "val"), True, call)
+def _digit_images_command(root: pathlib.Path, seed: int, counts: Mapping[str, int], size: int,
+                          scale: Sequence[float] = DIGIT_SCALE) -> str:
+    lo, hi = (float(v) for v in scale)
+    flags = {"--size": size} if (lo, hi) == DIGIT_SCALE else {"--size": size, "--min_scale": lo, "--max_scale": hi}
+    extra = "" if (lo, hi) == DIGIT_SCALE else f", scale={(lo, hi)!r}"
+    call = (f"sid2video.data.synthetic.write_digit_images({str(root)!r}, seed={seed}, counts={dict(counts)!r}, "
+            f"size={size}{extra})")
+    return _command("digit_images", root, seed, counts, flags, ("train", "val"), True, call)
 
 
 def add_commands(sub) -> None:
@@ -369,6 +396,10 @@ def add_commands(sub) -> None:
     di.add_argument("--train", type=int, default=500)
     di.add_argument("--val", type=int, default=100)
     di.add_argument("--size", type=int, default=32)
+    di.add_argument("--min_scale", type=float, default=DIGIT_SCALE[0],
+                    help="smallest digit side as a fraction of the image side (default %(default)s)")
+    di.add_argument("--max_scale", type=float, default=DIGIT_SCALE[1],
+                    help="largest digit side as a fraction of the image side (default %(default)s)")
     di.add_argument("--no_progress", action="store_true")
 
 
@@ -382,5 +413,5 @@ def run_command(args: argparse.Namespace) -> str:
         )
     else:
         write_digit_images(args.out, seed=args.seed, counts={"train": args.train, "val": args.val},
-                           size=args.size, progress=not args.no_progress)
+                           size=args.size, scale=(args.min_scale, args.max_scale), progress=not args.no_progress)
     return args.out
