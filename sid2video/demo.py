@@ -30,6 +30,9 @@ log = logging.getLogger("sid2video.demo")
 # Written at 32², read at the config's resolution (16²): the loader's resize smooths the glyphs.
 VIDEO_DATA = dict(height=32, width=32, digit_size=16, num_digits=1, num_frames=24, max_speed=2)
 IMAGE_SIZE = 16
+# Default training budgets: with data, evaluation (FVD on the CPU for video, about a minute) and
+# start-up each demo ends within 10 minutes on a 2-core machine.
+MINUTES = {"video": 7.0, "images": 8.5}
 # Every digit fills its 16² frame (centred, like MNIST); only its colour and handwriting vary.
 # At a random scale and position (synthetic.DIGIT_SCALE) the same 7 minutes gave 37 % guided
 # samples recognised against 77 % here (README, demo section).
@@ -441,7 +444,8 @@ def run(argv: list[str]) -> int:
                           epilog="--config.KEY=VALUE overrides a key of the mode's config, configs/demo.py:video "
                                  "or configs/demo.py:images (e.g. --config.loss.bias=-2; repeatable)")
     parser.add_argument("--workdir", required=True, help="where data, checkpoints, MP4s and the report go")
-    parser.add_argument("--minutes", type=float, default=7.0, help="training time budget (default 7)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help=f"training time budget (default {MINUTES['video']:g}, {MINUTES['images']:g} with --images)")
     parser.add_argument("--train_steps", type=flags.positive_int, default=None,
                         help="training steps (default: the config's)")
     parser.add_argument("--images", action="store_true", help="the class-conditional image demo (T = 1)")
@@ -471,6 +475,8 @@ def run(argv: list[str]) -> int:
              f"of the {batch_size} examples a step")
     if args.num_eval is None:
         args.num_eval = 100 if args.images else 16
+    if args.minutes is None:
+        args.minutes = MINUTES["images" if args.images else "video"]
     if args.images:
         result = image_demo(workdir, minutes=args.minutes, steps=args.train_steps, num_eval=args.num_eval,
                             sampler_steps=args.sampler_steps, seed=args.seed, overrides=overrides)
