@@ -445,7 +445,8 @@ def run(argv: list[str]) -> int:
                                  "or configs/demo.py:images (e.g. --config.loss.bias=-2; repeatable)")
     parser.add_argument("--workdir", required=True, help="where data, checkpoints, MP4s and the report go")
     parser.add_argument("--minutes", type=float, default=None,
-                        help=f"training time budget (default {MINUTES['video']:g}, {MINUTES['images']:g} with --images)")
+                        help=f"training time budget (default {MINUTES['video']:g}, "
+                             f"{MINUTES['images']:g} with --images)")
     parser.add_argument("--train_steps", type=flags.positive_int, default=None,
                         help="training steps (default: the config's)")
     parser.add_argument("--images", action="store_true", help="the class-conditional image demo (T = 1)")

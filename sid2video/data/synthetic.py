@@ -368,8 +368,10 @@ def _moving_digits_command(root: pathlib.Path, seed: int, counts: Mapping[str, i
 def _digit_images_command(root: pathlib.Path, seed: int, counts: Mapping[str, int], size: int,
                           scale: Sequence[float] = DIGIT_SCALE) -> str:
     lo, hi = (float(v) for v in scale)
-    flags = {"--size": size} if (lo, hi) == DIGIT_SCALE else {"--size": size, "--min_scale": lo, "--max_scale": hi}
-    extra = "" if (lo, hi) == DIGIT_SCALE else f", scale={(lo, hi)!r}"
+    flags, extra = {"--size": size}, ""
+    if (lo, hi) != DIGIT_SCALE:
+        flags.update({"--min_scale": lo, "--max_scale": hi})
+        extra = f", scale={(lo, hi)!r}"
     call = (f"sid2video.data.synthetic.write_digit_images({str(root)!r}, seed={seed}, counts={dict(counts)!r}, "
             f"size={size}{extra})")
     return _command("digit_images", root, seed, counts, flags, ("train", "val"), True, call)
