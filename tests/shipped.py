@@ -12,6 +12,8 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -165,28 +167,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def run_together(argvs: list[list[str]], *, env: dict[str, str], timeout: float) -> list[tuple[int, str, str]]:
+    """Start every argv at once (the processes of one multi-process run) and wait for all; returns
+    (exit code, stdout, stderr) per process. Output goes to files, not pipes: reading one process's
+    pipe while another fills its own would stall that one inside a collective, and with it the
+    first."""
+    with tempfile.TemporaryDirectory() as tmp:
+        procs, logs = [], []
+        for i, argv in enumerate(argvs):
+            logs.append((pathlib.Path(tmp) / f"{i}.out", pathlib.Path(tmp) / f"{i}.err"))
+            with open(logs[-1][0], "w") as out, open(logs[-1][1], "w") as err:
+                procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, text=True))
+        deadline = time.monotonic() + timeout
+        try:
+            for proc in procs:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            for proc in procs:
+                proc.kill()
+        return [(proc.returncode, out.read_text(), err.read_text()) for proc, (out, err) in zip(procs, logs)]
+
+
 def run_process_group(per_process: list[list[list[str]]], tmp_path: pathlib.Path, *,
                       timeout: float = 900) -> list[list[dict]]:
     """Start one CLI worker per entry of `per_process` (its commands), one CPU device each, and wait
     for all; a failing process fails the test with its output."""
     JAX_CACHE.mkdir(parents=True, exist_ok=True)
-    procs = []
+    paths = []
     for pid, commands in enumerate(per_process):
-        path = tmp_path / f"process_{pid}.json"
-        path.write_text(json.dumps(commands))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(path)], cwd=ROOT, env=env(1),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=timeout))
-    finally:
-        for proc in procs:
-            proc.kill()
+        paths.append(tmp_path / f"process_{pid}.json")
+        paths[-1].write_text(json.dumps(commands))
+    done = run_together([[sys.executable, str(WORKER), str(path)] for path in paths], env=env(1), timeout=timeout)
     reports = []
-    for pid, (proc, (out, err)) in enumerate(zip(procs, outputs)):
+    for pid, (rc, out, err) in enumerate(done):
         got = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("CLI_WORKER ")]
-        if proc.returncode or len(got) != len(per_process[pid]):
+        if rc or len(got) != len(per_process[pid]):
             raise AssertionError(f"process {pid}: command {len(got)} of {len(per_process[pid])} failed:\n"
                                  f"{out[-3000:]}\n{err[-6000:]}")
         reports.append(got)

@@ -8,7 +8,6 @@ import math
 import os
 import pathlib
 import socket
-import subprocess
 import sys
 
 import jax
@@ -287,11 +286,12 @@ def test_two_processes_merge_exactly(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
     out = tmp_path / "merged.npz"
-    procs = [subprocess.Popen([sys.executable, __file__, "gather", str(out), str(p), "2", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(2)]
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-    for p, err in zip(procs, errs):
-        assert p.returncode == 0, err[-3000:]
+    import shipped
+
+    done = shipped.run_together([[sys.executable, __file__, "gather", str(out), str(p), "2", str(port)]
+                                 for p in range(2)], env=env, timeout=300)
+    for rc, _, err in done:
+        assert rc == 0, err[-3000:]
     got = np.load(out)
     feats = np.concatenate([_large_offset_features(p, 4 + p) for p in range(2)])
     mu, cov = frechet.statistics(feats)

@@ -21,6 +21,7 @@ from sid2video import checkpoint as ckpt
 from sid2video import optim, train
 from sid2video.config import LR_DECAYS, TrainConfig
 from sid2video.trainer import Trainer
+import shipped
 from train_worker import Batches, global_batch, tiny_config
 
 WORKER = str(pathlib.Path(__file__).with_name("train_worker.py"))
@@ -163,13 +164,11 @@ def _two_processes(workdir, *extra):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, WORKER, "dist", str(workdir), "10", str(p), "2", str(port), *extra],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for p in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    return [out for out, _ in outs]
+    done = shipped.run_together([[sys.executable, WORKER, "dist", str(workdir), "10", str(p), "2", str(port), *extra]
+                                 for p in range(2)], env=_env(), timeout=600)
+    for rc, _, err in done:
+        assert rc == 0, err[-3000:]
+    return [out for _, out, _ in done]
 
 
 def test_two_processes_train_like_one(reference_run, tmp_path):
