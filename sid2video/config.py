@@ -36,6 +36,9 @@ DATA_DEFAULTS: dict[str, Any] = dict(
     dataset="", data_dir="", num_frames=1, num_cond_frames=0, resolution=32, frame_stride=1,
     num_classes=0, split="train", eval_split=None, format="auto", tfds_name=None, cache_dir=None,
     worker_count=0, read_threads=2, prefetch=2, decode_threads=1, cache_mb=0.0, progress=True,
+    # Training mirrors each image or clip left-right with probability ½ (ADM's ImageNet recipe);
+    # False for data whose mirror image is not data, such as digits.
+    random_flip=True,
 )
 
 # Keys of config.loss the trainer reads beside LossConfig's (classifier-free guidance dropout).
@@ -436,6 +439,8 @@ def validate(config: ConfigDict) -> ConfigDict:
     _int(d, "resolution", minimum=1, prefix="data")
     _int(d, "frame_stride", minimum=1, prefix="data")
     classes = _int(d, "num_classes", minimum=0, prefix="data")
+    if "random_flip" in d and not isinstance(d.random_flip, bool):
+        raise _fail("data.random_flip", d.random_flip, "must be True or False")
 
     model = UViTConfig.from_config(config.model)
     for key in ("num_frames", "resolution", "num_classes"):

@@ -253,3 +253,17 @@ def test_an_override_of_a_key_that_follows_another_is_refused_naming_the_source(
     # Every listed key really follows its source in a built config.
     section, name = source.split(".")
     assert config[section].get_ref(name) is config[key.split(".")[0]].get_ref(key.split(".")[1])
+
+
+def test_random_flip_is_a_bool_and_off_only_for_the_digit_images():
+    # Digits mirrored are not digits; the paper configs keep ADM's flips.
+    assert load("demo", "images").data.random_flip is False
+    assert all(load(name, variant).data.random_flip is True
+               for name, variant in (("kinetics600", "small"), ("imagenet512", "small"), ("demo", "video")))
+    config = load("demo", "video")
+    config_lib.override(config, [("data.random_flip", "false")])
+    assert config.data.random_flip is False
+    written = load("demo", "images").to_dict()
+    written["data"]["random_flip"] = "yes"
+    with pytest.raises(ValueError, match=r"config.data.random_flip='yes' is invalid: must be True or False"):
+        validate(ConfigDict(written))

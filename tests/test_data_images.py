@@ -59,9 +59,10 @@ def test_adm_center_crop_matches_box_halving_and_centre():
     assert images.adm_center_crop(Image.fromarray(arr), (8, 30)).shape == (8, 30, 3)
 
 
-def test_training_flips_some_images(folder):
-    cfg = _cfg(folder)
-    train = pipeline.make_train_iterator(cfg, batch_size=10, seed=1, process_index=0, process_count=1)
+def _count_mirrored(folder, batch_size: int, **cfg) -> int:
+    """How many training images of one batch are mirrored crops (every one is a crop or its mirror)."""
+    train = pipeline.make_train_iterator(_cfg(folder, **cfg), batch_size=batch_size, seed=1, process_index=0,
+                                         process_count=1)
     batch = next(train)
     _, entries, _ = images.index_image_folder(folder, "train")
     crops = [images.adm_center_crop(Image.open(e["path"]), (16, 16)) for e in entries]
@@ -71,7 +72,20 @@ def test_training_flips_some_images(folder):
         mirror = [i for i, c in enumerate(crops) if np.array_equal(c[:, ::-1], row)]
         assert match or mirror
         flipped += bool(mirror and not match)
-    assert 0 < flipped < 10
+    return flipped
+
+
+def test_training_flips_some_images(folder):
+    assert 0 < _count_mirrored(folder, 10) < 10
+
+
+def test_random_flip_false_never_mirrors(folder):
+    # 40 images, of which a fair coin would mirror none with probability 2^-40 (minus the few
+    # symmetric crops, which count as unmirrored either way).
+    assert _count_mirrored(folder, 40, random_flip=False) == 0
+    with pytest.raises(ValueError, match=r"config.data.random_flip='no' is invalid: must be True or False"):
+        pipeline.make_train_iterator(_cfg(folder, random_flip="no"), batch_size=4, seed=1, process_index=0,
+                                     process_count=1)
 
 
 def test_imagenet2012_through_tfds_data_source(folder, tmp_path):

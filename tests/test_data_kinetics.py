@@ -117,6 +117,11 @@ def test_train_clips_random_start_crop_and_flip(dataset):
             assert 0 <= row.min() and row.max() <= 39
         starts.add(int(t[0]))
     assert flips == {True, False} and len(starts) > 5 and len(offsets) > 5
+    # config.data.random_flip=False: the same random crops, never mirrored.
+    unflipped = clip_decoder.ClipDecoder(SPEC, (32, 24), train=True, flip=False)
+    for seed in range(24):
+        x = synthetic.pattern_decode(unflipped(rec, np.random.default_rng(seed))["video"])[2]
+        assert (x[:, 0] < x[:, -1]).all()
     # The same rng gives the same clip.
     a = decoder(rec, np.random.default_rng(5))["video"]
     b = decoder(rec, np.random.default_rng(5))["video"]

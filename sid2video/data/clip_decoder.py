@@ -57,9 +57,10 @@ def as_size(resolution: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-def crop_flip(frames_THWC: np.ndarray, size: tuple[int, int], rng: np.random.Generator | None) -> np.ndarray:
-    """Crops `[T, H, W, C]` frames to `size`: random offsets and a coin-flip mirror with an rng,
-    the centre crop without."""
+def crop_flip(frames_THWC: np.ndarray, size: tuple[int, int], rng: np.random.Generator | None,
+              flip: bool = True) -> np.ndarray:
+    """Crops `[T, H, W, C]` frames to `size`: random offsets and (with `flip`) a coin-flip mirror
+    with an rng, the centre crop without."""
     th, tw = size
     h, w = frames_THWC.shape[1:3]
     if h < th or w < tw:
@@ -67,11 +68,11 @@ def crop_flip(frames_THWC: np.ndarray, size: tuple[int, int], rng: np.random.Gen
     if rng is not None:
         y = int(rng.integers(0, h - th + 1))
         x = int(rng.integers(0, w - tw + 1))
-        flip = bool(rng.random() < 0.5)
+        mirror = flip and bool(rng.random() < 0.5)
     else:
-        y, x, flip = (h - th) // 2, (w - tw) // 2, False
+        y, x, mirror = (h - th) // 2, (w - tw) // 2, False
     crop_THWC = frames_THWC[:, y : y + th, x : x + tw]
-    if flip:
+    if mirror:
         crop_THWC = crop_THWC[:, :, ::-1]
     return np.ascontiguousarray(crop_THWC)
 
@@ -141,6 +142,7 @@ class ClipDecoder:
     train: bool
     decode_threads: int = 1
     cache_mb: float = 0.0
+    flip: bool = True  # training clips mirrored left-right with probability ½ (config.data.random_flip)
     cache: DecodedCache | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
@@ -175,7 +177,7 @@ class ClipDecoder:
             frames_THWC = video_THWC[indices]
         else:
             frames_THWC = video_io.read_frames(source, indices, size=size, num_threads=self.decode_threads)
-        return crop_flip(frames_THWC, self.size, rng), start
+        return crop_flip(frames_THWC, self.size, rng, self.flip), start
 
     def _cached(self, record: Mapping[str, Any], source, size) -> np.ndarray | None:
         """The whole decoded video from the cache, decoding it on a miss; None when it cannot be

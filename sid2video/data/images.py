@@ -56,6 +56,7 @@ class ImageDecoder:
 
     size: tuple[int, int]
     train: bool
+    flip: bool = True  # training images mirrored left-right with probability ½ (config.data.random_flip)
 
     def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict:
         from PIL import Image  # pylint: disable=import-outside-toplevel
@@ -68,7 +69,7 @@ class ImageDecoder:
                 arr = adm_center_crop(im, self.size)
         except Exception as err:  # PIL raises many types for broken files
             return {"_skip": f"{key}: unreadable image: {type(err).__name__}: {err}"}
-        if self.train and rng.random() < 0.5:
+        if self.train and self.flip and rng.random() < 0.5:
             arr = arr[:, ::-1]
         out = {"video": np.ascontiguousarray(arr)[None], "label": np.int32(record.get("label", -1))}
         if not self.train:

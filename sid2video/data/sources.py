@@ -50,12 +50,20 @@ def dataset_name(data_cfg: Any) -> str | None:
     return setting(data_cfg, "dataset", None)
 
 
+def random_flip(data_cfg: Any) -> bool:
+    """config.data.random_flip (default True): whether training mirrors images and clips."""
+    flip = setting(data_cfg, "random_flip", True)
+    if not isinstance(flip, bool):
+        raise ValueError(f"config.data.random_flip={flip!r} is invalid: must be True or False")
+    return flip
+
+
 def make_source(data_cfg: Any, *, split: str, train: bool) -> Source:
     """Resolves config.data into a source for `split`.
 
     Keys read: dataset, data_dir, format ('auto': the prepared array_record dataset when there is
     one, else the folder), tfds_name, resolution, num_frames, frame_stride, decode_threads, cache_mb,
-    cache_dir, progress. A dataset whose writer did not finish is refused
+    random_flip, cache_dir, progress. A dataset whose writer did not finish is refused
     (files.IncompleteDatasetError, naming the command that finishes it).
     """
     dataset = dataset_name(data_cfg)
@@ -79,7 +87,7 @@ def make_source(data_cfg: Any, *, split: str, train: bool) -> Source:
         )
     if dataset in VIDEO_DATASETS:
         return _video_source(data_cfg, dataset, split, train, size, prepared_dir)
-    return _image_source(data_dir, dataset, tfds_name, split, train, size, prepared_dir)
+    return _image_source(data_dir, dataset, tfds_name, split, train, size, prepared_dir, random_flip(data_cfg))
 
 
 def _video_source(data_cfg: Any, dataset: str, split: str, train: bool, size: tuple[int, int],
@@ -88,7 +96,7 @@ def _video_source(data_cfg: Any, dataset: str, split: str, train: bool, size: tu
     data_dir = setting(data_cfg, "data_dir")
     spec = clip_decoder.ClipSpec(int(setting(data_cfg, "num_frames", 16)), int(setting(data_cfg, "frame_stride", 1)))
     decoder = clip_decoder.ClipDecoder(spec, size, train, int(setting(data_cfg, "decode_threads", 1)),
-                                       float(setting(data_cfg, "cache_mb", 0) or 0))
+                                       float(setting(data_cfg, "cache_mb", 0) or 0), random_flip(data_cfg))
     if prepared_dir is not None:
         index = prepared.load_prepared_index(prepared_dir, split)
         entries, skipped = index.usable(spec)
@@ -115,9 +123,9 @@ def _video_source(data_cfg: Any, dataset: str, split: str, train: bool, size: tu
 
 
 def _image_source(data_dir: str, dataset: str, tfds_name: str, split: str, train: bool, size: tuple[int, int],
-                  prepared_dir: pathlib.Path | None) -> Source:
+                  prepared_dir: pathlib.Path | None, flip: bool = True) -> Source:
     """The images of `split`: from the prepared (tfds) dataset, else the `<split>/<class>/` folders."""
-    decoder = images.ImageDecoder(size, train)
+    decoder = images.ImageDecoder(size, train, flip)
     if prepared_dir is not None:
         source = images.TfdsImageSource(tfds_name, split, data_dir)
         names = source.class_names()
