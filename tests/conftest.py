@@ -89,10 +89,10 @@ def tiny_run(tmp_path_factory):
 # well under a minute. Only their order matters (see pytest_collection_modifyitems).
 LONG_GROUPS = {
     "tests/test_train.py": 380,
-    "shipped-two-processes": 190,
     "tests/test_benchmarks.py": 165,
     "shipped-bfloat16": 145,
     "shipped-imagenet512-flop_heavy": 145,
+    "shipped-two-processes": 140,
     "readme": 100,
     "tests/test_sample.py": 70,
     "tests/test_demo.py": 70,
