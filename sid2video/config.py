@@ -417,6 +417,7 @@ def _rate(section, key, *, prefix: str) -> float:
 
 def validate(config: ConfigDict) -> ConfigDict:
     """Check a whole config at start-up; returns it unchanged or raises ValueError."""
+    from sid2video.data import sources
     from sid2video.diffusion import losses, samplers, schedules
     from sid2video.models.uvit_config import UViTConfig
 
@@ -439,8 +440,7 @@ def validate(config: ConfigDict) -> ConfigDict:
     _int(d, "resolution", minimum=1, prefix="data")
     _int(d, "frame_stride", minimum=1, prefix="data")
     classes = _int(d, "num_classes", minimum=0, prefix="data")
-    if "random_flip" in d and not isinstance(d.random_flip, bool):
-        raise _fail("data.random_flip", d.random_flip, "must be True or False")
+    sources.random_flip(d)  # a bool, else a ValueError naming the key
 
     model = UViTConfig.from_config(config.model)
     for key in ("num_frames", "resolution", "num_classes"):
