@@ -23,7 +23,9 @@ def test_video_demo_writes_decodable_mp4s_and_a_report(video_demo):
     result = json.loads((video_demo / "result.json").read_text())
     assert result["train"]["step"] == 2 and result["num_clips"] == 2 and result["num_cond"] == 5
     for row in ("model", "copy_last_frame"):
-        assert set(result[row]) == {"psnr", "ssim", "position_error_px", "digit_shown"}
+        assert set(result[row]) == {"psnr", "ssim", "position_error_px", "digit_shown", "digit_recognised"}
+        assert 0.0 <= result[row]["digit_recognised"] <= 1.0
+    assert 0.0 <= result["digit_recognised_in_truth"] <= 1.0
     # The copy-last-frame baseline shows the whole (stale) digit in every predicted frame.
     assert result["copy_last_frame"]["digit_shown"] == 1.0
     # --config.key=value reached the demo's config.
@@ -39,6 +41,7 @@ def test_video_demo_writes_decodable_mp4s_and_a_report(video_demo):
     assert "copy-last-frame" in report and "report_metrics.png" in report
     assert (video_demo / "report_metrics.png").stat().st_size > 0
     assert "report_strip.png" in report
+    assert "| frames showing the clip's digit (classifier) ↑ |" in report
     # The saved predictions keep the given frames exactly.
     npz = np.load(video_demo / "run" / "samples" / "step_2.npz")
     np.testing.assert_array_equal(npz["sample"][:, :5], npz["truth"][:, :5])
@@ -163,3 +166,35 @@ def test_a_rerun_with_other_data_settings_rewrites_the_data(video_demo, tmp_path
     assert result["num_clips"] == 3 and result["train"]["step"] == 2
     assert len(list((workdir / "data" / "test").rglob("*.mp4"))) == 3
     assert json.loads((workdir / "data" / "DONE.json").read_text())["counts"]["test"] == 3
+
+
+def test_recognition_reads_the_clips_digit(tmp_path):
+    """The demo's 'frames showing the clip's digit' row: a classifier trained on the training clips'
+    frames names the digit of held-out true frames far above chance (10 classes); a prediction equal
+    to the truth scores exactly the truth's share, frames of another clip's digit score far
+    less, and the per-frame shares average to the row."""
+    from sid2video import demo
+    from sid2video.data import pipeline, synthetic
+
+    synthetic.write_moving_digits(tmp_path, seed=0, counts={"train": 96, "test": 16}, progress=False,
+                                  **demo.VIDEO_DATA)
+    cfg = demo.load_config("video")
+    cfg.data.data_dir = str(tmp_path)
+    it = pipeline.make_eval_iterator(cfg.data, batch_size=16, split="test")
+    batch = next(it)
+    truth = np.asarray(batch["video"])
+    keys = [it.keys[i] for i in np.asarray(batch["index"])]
+    other = np.roll(truth, 8, axis=0)  # clips come in class order: half a turn pairs other digits
+    classes = demo._clip_classes(tmp_path, "test", keys)
+    assert (classes != np.roll(classes, 8)).all()
+    clips = demo._Predictions({"truth": truth, "model": truth, "copy_last_frame": other}, 5, keys,
+                              np.asarray(batch["start"]), 0, {})
+    result = {"model": {}, "copy_last_frame": {}}
+    per_frame = {"model": {}, "copy_last_frame": {}}
+    demo._score_recognition(result, per_frame, clips, cfg, tmp_path, seed=0)
+    assert result["digit_recognised_in_truth"] > 0.5
+    assert result["model"]["digit_recognised"] == result["digit_recognised_in_truth"]
+    assert result["copy_last_frame"]["digit_recognised"] < result["digit_recognised_in_truth"] - 0.4
+    for row in ("model", "copy_last_frame"):
+        assert per_frame[row]["recognised"].shape == (11,)
+        assert per_frame[row]["recognised"].mean() == pytest.approx(result[row]["digit_recognised"])
