@@ -148,7 +148,14 @@ def test_probe_table_of_a_demo_run(video_demo):
     for row in (low, high):
         assert row["all"] == pytest.approx(power_T.mean(), rel=0.05)
         assert row["first"] == pytest.approx(power_T[0], rel=0.05)
+        # x̂ ≈ 0 whatever the given frames hold: a still history moves it by (almost) nothing.
+        assert 0.0 <= row["history"] < 1e-3 * power_T.mean()
     assert "| copy last frame |" in demo_probe.table(result)
+    # The still history: every given frame is the last given one, the predicted frames are kept.
+    clips = video.astype(np.float32)
+    still = np.asarray(demo_probe.still_history(clips, 5))
+    np.testing.assert_array_equal(still[:, :5], np.repeat(clips[:, 4:5], 5, axis=1))
+    np.testing.assert_array_equal(still[:, 4:], clips[:, 4:])
 
 
 def test_a_rerun_with_other_data_settings_rewrites_the_data(video_demo, tmp_path):
