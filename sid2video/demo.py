@@ -3,7 +3,8 @@
 Video (default): write the moving-digits dataset (real MP4s in the Kinetics600 layout, with the
 digits' positions saved), train the tiny 5 -> 11 frame-prediction config with the real trainer,
 grain loader and checkpoints, predict held-out clips with the config's sampler (DDPM-32) from the
-EMA parameters, measure PSNR / SSIM per predicted frame, the digit's position error and FVD, each
+EMA parameters, measure PSNR / SSIM per predicted frame, the digit's position error, whether each
+predicted frame shows the clip's digit (a classifier trained on the training clips) and FVD, each
 beside the copy-last-frame baseline, render MP4s and write a Markdown report with plots.
 
 Images (`--images`): the same for a class-conditional digits model (T = 1): samples with and
