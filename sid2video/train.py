@@ -57,6 +57,40 @@ class _StopRequest:
         self._previous.clear()
 
 
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def record_resumed_config(workdir: pathlib.Path, config, step: int) -> list[str]:
+    """A run resumed with other settings than its config.json (the model's must match, the loss's,
+    schedule's, sampler's or training's may change): config.json becomes the settings the run now
+    trains with (each checkpoint also holds its own, which `sample` and `evaluate` read), and the
+    old file is kept as config.until_step_<step>.json, so the run's record says what each stretch
+    of steps was trained with. Logs a warning naming each changed key; returns those keys ([] when
+    nothing changed or there was no config.json)."""
+    path = pathlib.Path(workdir) / "config.json"
+    current = ckpt._plain(config)
+    if not path.exists():
+        path.write_text(json.dumps(current, indent=2))
+        return []
+    before = json.loads(path.read_text())
+    old, new = _flat(before), _flat(current)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not changed:
+        return []
+    kept = path.with_name(f"config.until_step_{step}.json")
+    path.replace(kept)
+    path.write_text(json.dumps(current, indent=2))
+    log.warning("resumed at step %d with changed settings (%s); %s now holds the new ones, the old are in %s",
+                step, "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed), path.name, kept.name)
+    return changed
+
+
 class _Run:
     """One call of `fit`: what the loop needs between steps (trainer, checkpointer, data, the
     stop conditions, the reporting) and the non-finite policy (config.train.on_nonfinite)."""
@@ -87,6 +121,8 @@ class _Run:
             if data_state:
                 self.it.set_state(data_state)
             log.info("resumed from step %d in %s", int(state.step), self.checkpointer.directory)
+            if jax.process_index() == 0:
+                record_resumed_config(self.workdir, config, int(state.step))
         else:
             state = self.trainer.init_state()
             if jax.process_index() == 0:

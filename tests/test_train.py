@@ -116,6 +116,7 @@ def test_sigterm_mid_run_then_resume_is_bit_identical(reference_run, tmp_path, c
     resumed = train.fit(tiny_config(), tmp_path, steps=10, data_iterator=Batches(), progress=False)
     assert resumed["start_step"] == 7 and resumed["step"] == 10
     assert "resumed from step 7" in caplog.text and "stopped at step 10 (steps)" in caplog.text
+    assert "changed settings" not in caplog.text and not list(tmp_path.glob("config.until_step_*.json"))
     for a, b in zip(_params(tmp_path), _params(reference_run)):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(_params(tmp_path, item="ema"), _params(reference_run, item="ema")):
@@ -126,6 +127,32 @@ def test_sigterm_mid_run_then_resume_is_bit_identical(reference_run, tmp_path, c
     again = train.fit(tiny_config(), tmp_path, steps=10, data_iterator=Batches(), progress=False)
     assert again["start_step"] == again["step"] == 10
     assert ckpt.Checkpointer(tmp_path).latest_step() == 10
+
+
+def test_resuming_with_other_settings_rewrites_config_json(tmp_path, caplog):
+    """A run resumed with another loss bias and schedule shift trains on (only the model's settings
+    must match), and its config.json becomes the new settings, which sampling and evaluation of its
+    later checkpoints read; the old file is kept under the step it ended at, and the warning names
+    each changed key. Resuming again with the same settings changes nothing."""
+    caplog.set_level(logging.INFO, logger="sid2video")
+    first = tiny_config()
+    train.fit(first, tmp_path, steps=2, data_iterator=Batches(), progress=False)
+    written = json.loads((tmp_path / "config.json").read_text())
+    second = tiny_config()
+    second.loss.bias = first.loss.bias - 3.0
+    second.schedule.noise_d = 2 * first.schedule.noise_d
+    resumed = train.fit(second, tmp_path, steps=4, data_iterator=Batches(), progress=False)
+    assert resumed["start_step"] == 2 and resumed["step"] == 4
+    now = json.loads((tmp_path / "config.json").read_text())
+    assert now["loss"]["bias"] == second.loss.bias and now["schedule"]["noise_d"] == second.schedule.noise_d
+    assert json.loads((tmp_path / "config.until_step_2.json").read_text()) == written
+    warning = [r.getMessage() for r in caplog.records if "changed settings" in r.getMessage()]
+    assert len(warning) == 1
+    assert f"loss.bias: {first.loss.bias!r} -> {second.loss.bias!r}" in warning[0]
+    assert f"schedule.noise_d: {first.schedule.noise_d} -> {second.schedule.noise_d}" in warning[0]
+    assert "model." not in warning[0]
+    assert train.record_resumed_config(tmp_path, second, 4) == []
+    assert sorted(p.name for p in tmp_path.glob("config*.json")) == ["config.json", "config.until_step_2.json"]
 
 
 def test_hard_kill_between_saves_then_resume_is_bit_identical(reference_run, tmp_path):
