@@ -52,16 +52,19 @@ def probe(run_dir: str, *, num_clips: int = 16, logsnrs=(-7, -5, -3, 0, 3, 6), e
         err_T = np.asarray(jnp.mean(jnp.square(pred_BTHWC - x_BTHWC)[:, c:], axis=(0, 2, 3, 4)), np.float64)
         return {"first": float(err_T[0]), "all": float(err_T.mean())}
 
+    def predict_x(cond_BTHWC, noised_BTHWC, logsnr_B):
+        """x̂ from one network call, the given frames of `cond_BTHWC` held clean in z_t."""
+        z = jnp.where(given, cond_BTHWC, noised_BTHWC)
+        out = model(z, logsnr_B, cond=cond_BTHWC, cond_mask=mask_BT)
+        return parametrization.predictions(out.astype(jnp.float32), z, logsnr_B, cfg.loss.mean_type)[0]
+
     still_BTHWC = still_history(x_BTHWC, c)
     rows = []
     for lam in logsnrs:
         logsnr_B = jnp.full((b,), float(lam), jnp.float32)
         noised = parametrization.diffuse(x_BTHWC, eps, logsnr_B)
-        x_hat, x_hat_still = (
-            parametrization.predictions(model(z, logsnr_B, cond=cond, cond_mask=mask_BT).astype(jnp.float32),
-                                        z, logsnr_B, cfg.loss.mean_type)[0]
-            for cond in (x_BTHWC, still_BTHWC)
-            for z in [jnp.where(given, cond, noised)])
+        x_hat = predict_x(x_BTHWC, noised, logsnr_B)
+        x_hat_still = predict_x(still_BTHWC, noised, logsnr_B)
         moved = float(jnp.mean(jnp.square(x_hat - x_hat_still)[:, c:]))
         rows.append({"logsnr": float(lam), **errors(x_hat), "history": moved})
     copy = jnp.broadcast_to(x_BTHWC[:, c - 1:c], x_BTHWC.shape)

@@ -131,9 +131,9 @@ def test_sigterm_mid_run_then_resume_is_bit_identical(reference_run, tmp_path, c
 
 def test_resuming_with_other_settings_rewrites_config_json(tmp_path, caplog):
     """A run resumed with another loss bias and schedule shift trains on (only the model's settings
-    must match), and its config.json becomes the new settings, which sampling and evaluation of its
-    later checkpoints read; the old file is kept under the step it ended at, and the warning names
-    each changed key. Resuming again with the same settings changes nothing."""
+    must match), and its config.json becomes the new settings (sampling and evaluation read the
+    config each checkpoint holds); the old file is kept under the step it ended at, and the warning
+    names each changed key. Resuming again with the same settings changes nothing."""
     caplog.set_level(logging.INFO, logger="sid2video")
     first = tiny_config()
     train.fit(first, tmp_path, steps=2, data_iterator=Batches(), progress=False)
