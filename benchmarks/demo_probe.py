@@ -1,6 +1,7 @@
 """What a frame-prediction run has learned, noise level by noise level.
 
     .venv/bin/python benchmarks/demo_probe.py RUN_DIR [--num_clips 16] [--logsnr -7,-5,-3,0,3,6] [--raw]
+                                             [--round_trip 4,8,16,24]
 
 For the first clips of the run's evaluation split, the predicted frames are noised to a fixed
 logSNR λ (the conditioning frames stay clean, as in training and sampling) and the network's x̂
@@ -12,6 +13,14 @@ worse at high λ, it has not learned to denoise. The last column says whether th
 motion in the given frames: the mean square change of x̂ over the predicted frames when every
 given frame is replaced by the last one (a still history, the same z_t). Near 0 where the noise is
 high, the network cannot know where the digit moves. Reads the EMA parameters (--raw: the raw ones).
+
+--round_trip K,...: the run's sampler (its method and steps, no guidance) started at step K of its N
+from the true predicted frames diffused to that step's logSNR, and run to the end. It says at which
+noise level the sampler stops keeping what the frames hold: a network that denoises its own
+predictions well returns the truth from a low noise level. The table gives the samples' mean squared
+error over the predicted frames and, for the demo's moving digits (its saved ground truth), the share
+of predicted frames in which the demo's classifier names the clip's digit, beside that share on the
+true frames.
 """
 
 from __future__ import annotations
@@ -71,6 +80,85 @@ def probe(run_dir: str, *, num_clips: int = 16, logsnrs=(-7, -5, -3, 0, 3, 6), e
     return {"step": int(step), "num_clips": int(b), "rows": rows, "copy_last_frame": errors(copy)}
 
 
+def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24), ema: bool = True,
+               seed: int = 1, repeats: int = 2) -> dict:
+    """{'step', 'num_clips', 'method', 'num_steps', 'rows': [{'start_step', 'logsnr', 'mse',
+    'recognised'}], 'recognised_in_truth'}: the run's sampler from the true predicted frames diffused
+    to step K's logSNR, for each K in `start_steps`, averaged over `repeats` noise draws. The
+    recognised shares are None where the data has no saved digit classes."""
+    import pathlib
+
+    import jax
+    import jax.numpy as jnp
+
+    from sid2video import checkpoint, demo, sample
+    from sid2video.data import pipeline, sources
+    from sid2video.diffusion import conditioning, parametrization, samplers, schedules
+
+    model, cfg, step = checkpoint.load_model(run_dir, ema=ema)
+    c = int(cfg.data.num_cond_frames)
+    if not cfg.model.get("frame_conditioning") or c < 1:
+        raise SystemExit(f"demo_probe: {run_dir} is not a frame-prediction run (no conditioning frames)")
+    schedule = schedules.from_config(cfg.schedule)
+    sampler = samplers.from_config(sample.sampler_settings(cfg, guidance=0.0, guidance_interval=None), schedule)
+    bad = [k for k in start_steps if not 0 <= int(k) <= sampler.num_steps]
+    if bad:
+        raise SystemExit(f"demo_probe: --round_trip steps {bad} are outside [0, {sampler.num_steps}] "
+                         "(the run's config.sampler.num_steps)")
+    it = pipeline.make_eval_iterator(cfg.data, batch_size=num_clips)
+    batch = next(it)
+    keep = np.asarray(batch["mask"], bool)
+    truth_BTHWC = np.asarray(batch["video"])[keep]
+    keys = [it.keys[i] for i in np.asarray(batch["index"])[keep]]
+    del it
+    x_BTHWC = conditioning.to_unit(jnp.asarray(truth_BTHWC))
+    b, t = x_BTHWC.shape[:2]
+    mask_BT = conditioning.cond_mask(b, t, c)
+
+    def predict_x(z, logsnr_B):
+        out = model(z, logsnr_B, cond=x_BTHWC, cond_mask=mask_BT)
+        return parametrization.predictions(out.astype(jnp.float32), z, logsnr_B, cfg.loss.mean_type)[0]
+
+    run = jax.jit(lambda z_init, key, k: sampler(predict_x, key, x_BTHWC.shape, cond=x_BTHWC, cond_mask=mask_BT,
+                                                 z_init=z_init, start_step=k), static_argnums=2)
+    clf = classes = None
+    data_dir = pathlib.Path(cfg.data.data_dir)
+    split = sources.eval_split(cfg.data)
+    if (data_dir / "ground_truth" / f"{split}.json").exists() and (data_dir / "ground_truth" / "train.json").exists():
+        clf = demo.clip_digit_classifier(cfg.data, seed)
+        classes = demo._clip_classes(data_dir, split, keys)
+    rows = []
+    for k in start_steps:
+        k = int(k)
+        logsnr = float(schedule(jnp.asarray(1.0 - k / sampler.num_steps, jnp.float32)))
+        mse, hits = [], []
+        for r in range(repeats):
+            noise_key, chain_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), r))
+            z = parametrization.diffuse(x_BTHWC, jax.random.normal(noise_key, x_BTHWC.shape),
+                                        jnp.full((b,), logsnr, jnp.float32))
+            out = run(z, chain_key, k)
+            mse.append(float(jnp.mean(jnp.square(out - x_BTHWC)[:, c:])))
+            if clf is not None:
+                u8 = np.asarray(jnp.round((jnp.clip(out, -1.0, 1.0) + 1.0) * 127.5)).astype(np.uint8)
+                hits.append(demo.recognised(clf, u8[:, c:], classes).mean())
+        rows.append({"start_step": k, "logsnr": logsnr, "mse": float(np.mean(mse)),
+                     "recognised": float(np.mean(hits)) if hits else None})
+    in_truth = float(demo.recognised(clf, truth_BTHWC[:, c:], classes).mean()) if clf is not None else None
+    return {"step": int(step), "num_clips": int(b), "method": sampler.method, "num_steps": sampler.num_steps,
+            "rows": rows, "recognised_in_truth": in_truth}
+
+
+def round_trip_table(result: dict) -> str:
+    lines = [f"{result['method']} from the truth diffused to step K of {result['num_steps']}, step "
+             f"{result['step']}, {result['num_clips']} held-out clips",
+             "| K | logSNR | mean squared error | clip's digit recognised |", "|---|---|---|---|"]
+    share = lambda v: "n/a" if v is None else f"{v:.3f}"
+    lines += [f"| {r['start_step']} | {r['logsnr']:+.2f} | {r['mse']:.4f} | {share(r['recognised'])} |"
+              for r in result["rows"]]
+    lines.append(f"| true frames | | 0 | {share(result['recognised_in_truth'])} |")
+    return "\n".join(lines)
+
+
 def still_history(x_BTHWC, num_cond: int):
     """The clips with every given frame replaced by the last given one (frame num_cond − 1); the
     predicted frames are kept."""
@@ -100,6 +188,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num_clips", type=int, default=16)
     parser.add_argument("--logsnr", default="-7,-5,-3,0,3,6", help="comma-separated logSNR values")
     parser.add_argument("--raw", action="store_true", help="the raw parameters instead of the EMA")
+    parser.add_argument("--round_trip", default=None, metavar="K,...",
+                        help="also run the sampler from the truth diffused to these of its steps")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.num_clips < 1:
@@ -108,8 +198,15 @@ def main(argv: list[str]) -> int:
         logsnrs = [float(v) for v in args.logsnr.split(",")]
     except ValueError:
         parser.error(f"--logsnr {args.logsnr!r} must be comma-separated numbers")
+    try:
+        starts = [int(v) for v in args.round_trip.split(",")] if args.round_trip else []
+    except ValueError:
+        parser.error(f"--round_trip {args.round_trip!r} must be comma-separated step numbers")
     result = probe(args.run_dir, num_clips=args.num_clips, logsnrs=logsnrs, ema=not args.raw)
     print(table(result))
+    if starts:
+        result["round_trip"] = round_trip(args.run_dir, num_clips=args.num_clips, start_steps=starts, ema=not args.raw)
+        print(round_trip_table(result["round_trip"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

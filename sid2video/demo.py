@@ -237,9 +237,26 @@ def _score_recognition(result: dict, per_frame: dict, clips: _Predictions, confi
     """Whether each predicted frame shows the clip's digit, by a classifier trained on every frame of
     the training clips: the share of predicted frames it assigns to the clip's class, per row, into
     `result` (and per frame into `per_frame`); its share on the true frames says what it can read."""
+    clf = clip_digit_classifier(config.data, seed)
+    classes = _clip_classes(data_dir, "test", clips.keys)
+    c = clips.num_cond
+    for name in ("truth", "model", "copy_last_frame"):
+        hit_BT = recognised(clf, clips.videos[name][:, c:], classes)
+        if name == "truth":
+            result["digit_recognised_in_truth"] = float(hit_BT.mean())
+        else:
+            result[name]["digit_recognised"] = float(hit_BT.mean())
+            per_frame[name]["recognised"] = hit_BT.mean(0)
+
+
+def clip_digit_classifier(data_cfg, seed: int):
+    """`_digit_classifier` trained on every frame of the moving-digits training clips of
+    `data_cfg.data_dir` (as `data_cfg` loads them), each labelled with its clip's class from the
+    saved ground truth."""
     from sid2video.data import pipeline
 
-    it = pipeline.make_eval_iterator(config.data, batch_size=64, split="train")
+    data_dir = pathlib.Path(data_cfg.data_dir)
+    it = pipeline.make_eval_iterator(data_cfg, batch_size=64, split="train")
     videos, indices = [], []
     for batch in it:
         keep = np.asarray(batch["mask"], bool)
@@ -248,18 +265,14 @@ def _score_recognition(result: dict, per_frame: dict, clips: _Predictions, confi
     train_BTHWC = np.concatenate(videos)
     train_classes = _clip_classes(data_dir, "train", [it.keys[i] for i in indices])
     t = train_BTHWC.shape[1]
-    clf = _digit_classifier(train_BTHWC.reshape(-1, *train_BTHWC.shape[2:]), np.repeat(train_classes, t), seed)
-    classes = _clip_classes(data_dir, "test", clips.keys)
-    c = clips.num_cond
-    for name in ("truth", "model", "copy_last_frame"):
-        video_BTHWC = clips.videos[name][:, c:]
-        b, tp = video_BTHWC.shape[:2]
-        hit_BT = clf.predict(_gray(video_BTHWC.reshape(-1, *video_BTHWC.shape[2:]))).reshape(b, tp) == classes[:, None]
-        if name == "truth":
-            result["digit_recognised_in_truth"] = float(hit_BT.mean())
-        else:
-            result[name]["digit_recognised"] = float(hit_BT.mean())
-            per_frame[name]["recognised"] = hit_BT.mean(0)
+    return _digit_classifier(train_BTHWC.reshape(-1, *train_BTHWC.shape[2:]), np.repeat(train_classes, t), seed)
+
+
+def recognised(clf, video_BTHWC: np.ndarray, classes_B: np.ndarray) -> np.ndarray:
+    """bool [B, T]: whether `clf` names clip b's class `classes_B[b]` in each uint8 frame."""
+    b, t = video_BTHWC.shape[:2]
+    frames = np.asarray(video_BTHWC).reshape(-1, *video_BTHWC.shape[2:])
+    return clf.predict(_gray(frames)).reshape(b, t) == np.asarray(classes_B)[:, None]
 
 
 def _score_fvd(result: dict, clips: _Predictions) -> None:

@@ -156,6 +156,20 @@ def test_probe_table_of_a_demo_run(video_demo):
     still = np.asarray(demo_probe.still_history(clips, 5))
     np.testing.assert_array_equal(still[:, :5], np.repeat(clips[:, 4:5], 5, axis=1))
     np.testing.assert_array_equal(still[:, 4:], clips[:, 4:])
+    # The sampler run from the truth diffused to step K: its output is the network's (clipped) x̂ at
+    # the last step, ≈ 0 here, so its error is the clips' mean square from every K, the start
+    # included (K = N: only the final x̂, from the truth at the highest logSNR).
+    n = int(cfg.sampler.num_steps)
+    trip = demo_probe.round_trip(str(video_demo / "run"), num_clips=4, start_steps=(0, n), repeats=1)
+    assert [r["start_step"] for r in trip["rows"]] == [0, n] and trip["num_steps"] == n
+    assert trip["rows"][0]["logsnr"] < trip["rows"][1]["logsnr"]
+    for row in trip["rows"]:
+        assert row["mse"] == pytest.approx(power_T.mean(), rel=0.05)
+        assert 0.0 <= row["recognised"] <= 1.0
+    assert trip["recognised_in_truth"] is not None
+    assert "| true frames |" in demo_probe.round_trip_table(trip)
+    with pytest.raises(SystemExit, match="outside"):
+        demo_probe.round_trip(str(video_demo / "run"), num_clips=4, start_steps=(n + 1,))
 
 
 def test_a_rerun_with_other_data_settings_rewrites_the_data(video_demo, tmp_path):

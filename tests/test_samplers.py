@@ -237,6 +237,34 @@ def test_ddim_converges_to_probability_flow_ode():
     assert np.abs(2 * outs[256] - outs[128] - ref).max() < errors[256] / 4
 
 
+def test_a_chain_started_midway_continues_the_full_chain():
+    """`start_step=k` with the state after k steps as `z_init` gives exactly what the run from t = 1
+    gives: the first k DDPM steps are replayed here with `ddpm_step` and the sampler's key scheme
+    (split, then fold in the step index). At k = N only the final x̂ (clipped) is left."""
+    n, shape, rng = 8, (5, 1, 1, 1, 2), jax.random.key(3)
+    z0 = jax.random.normal(jax.random.key(4), shape)
+    run = jax.jit(lambda zi, k: samplers.sample(mixture_denoiser, rng, shape, schedule=SCHEDULE, num_steps=n,
+                                                method="ddpm", z_init=zi, start_step=k), static_argnums=1)
+    full = np.asarray(run(z0, 0))
+    _, step_key = jax.random.split(rng)
+    lam = lambda t: jnp.full((shape[0],), SCHEDULE(jnp.asarray(t, jnp.float32)))
+    z = z0
+    for k in range(n + 1):
+        np.testing.assert_allclose(np.asarray(run(z, k)), full, rtol=1e-5, atol=1e-5)
+        if k == n:
+            np.testing.assert_allclose(full, np.clip(np.asarray(mixture_denoiser(z, lam(0.0))), -1, 1), atol=1e-6)
+            break
+        lt, ls = lam((n - k) / n), lam((n - k - 1) / n)
+        x_hat = jnp.clip(mixture_denoiser(z, lt), -1.0, 1.0)
+        z = samplers.ddpm_step(z, x_hat, lt, ls, jax.random.normal(jax.random.fold_in(step_key, k), shape), 0.3)
+    # the chain moves: a start one step later from the initial state is another sample
+    assert np.abs(np.asarray(run(z0, 1)) - full).max() > 1e-3
+    with pytest.raises(ValueError, match="needs z_init"):
+        samplers.sample(mixture_denoiser, rng, shape, schedule=SCHEDULE, num_steps=n, start_step=2)
+    with pytest.raises(ValueError, match="start_step=9"):
+        samplers.sample(mixture_denoiser, rng, shape, schedule=SCHEDULE, num_steps=n, z_init=z0, start_step=9)
+
+
 # ----------------------------------------------------------------------------------------------
 # Guidance.
 

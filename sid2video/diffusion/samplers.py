@@ -282,7 +282,7 @@ def _frame_mask(cond_mask: Array, shape: Sequence[int]) -> Array:
 def sample(predict_x: PredictFn, rng: Array, shape: Sequence[int], *, schedule: Schedule,
            num_steps: int, method: str = "ddpm", logvar_interp: float = 0.3, clip: bool = True,
            cond: Array | None = None, cond_mask: Array | None = None,
-           z_init: Array | None = None, dtype: Any = jnp.float32) -> Array:
+           z_init: Array | None = None, start_step: int = 0, dtype: Any = jnp.float32) -> Array:
     """Draw samples of `shape` ([B, T, H, W, C], any T including 1). Traceable and jit-able.
 
     predict_x(z, logsnr) -> x̂ with z of `shape` and logsnr of shape [B] (all equal within a step).
@@ -294,6 +294,9 @@ def sample(predict_x: PredictFn, rng: Array, shape: Sequence[int], *, schedule: 
     frames are sampled; the output holds `cond` there exactly (cast to `dtype`).
     z_init: optional starting point z at t = 1 (default N(0, I) from `rng`); at conditioning
     positions it is replaced by `cond`.
+    start_step: begin at step `start_step` of the N, i.e. at t = 1 − start_step/N, with `z_init`
+    (required then) the state there, e.g. data diffused to that logSNR: the rest of the chain
+    exactly as a run from t = 1 would take it (same noise at each step), N − start_step + 1 calls.
     """
     _check_method(method)
     _check_num_steps(num_steps)
@@ -304,6 +307,10 @@ def sample(predict_x: PredictFn, rng: Array, shape: Sequence[int], *, schedule: 
         raise ValueError(f"shape={shape} needs at least a batch and one more axis")
     if (cond is None) != (cond_mask is None):
         raise ValueError("frame conditioning needs both cond and cond_mask (or neither)")
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step <= num_steps:
+        raise ValueError(f"start_step={start_step!r} must be an integer in [0, num_steps={num_steps}]")
+    if start_step and z_init is None:
+        raise ValueError(f"start_step={start_step} needs z_init, the state at t = 1 - start_step/num_steps")
     batch = shape[0]
     init_key, step_key = jax.random.split(rng)
     if z_init is None:
@@ -349,7 +356,7 @@ def sample(predict_x: PredictFn, rng: Array, shape: Sequence[int], *, schedule: 
             z_s = addim_step(z, x_hat, logsnr_t, logsnr_s, target)
         return insert(z_s)
 
-    z = jax.lax.fori_loop(0, num_steps, body, insert(z))
+    z = jax.lax.fori_loop(start_step, num_steps, body, insert(z))
     x = denoise(z, logsnr_at(jnp.asarray(0.0, dtype)))
     return insert(x)
 
@@ -410,10 +417,10 @@ class Sampler:
 
     def __call__(self, predict_x: PredictFn, rng: Array, shape: Sequence[int], *,
                  cond: Array | None = None, cond_mask: Array | None = None,
-                 z_init: Array | None = None) -> Array:
+                 z_init: Array | None = None, start_step: int = 0) -> Array:
         return sample(predict_x, rng, shape, schedule=self.schedule, num_steps=self.num_steps,
                       method=self.method, logvar_interp=self.logvar_interp, clip=self.clip,
-                      cond=cond, cond_mask=cond_mask, z_init=z_init)
+                      cond=cond, cond_mask=cond_mask, z_init=z_init, start_step=start_step)
 
 
 def from_config(sampler_cfg: Mapping[str, Any], schedule: Schedule) -> Sampler:
