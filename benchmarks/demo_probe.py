@@ -1,9 +1,9 @@
 """What a frame-prediction run has learned, noise level by noise level.
 
     .venv/bin/python benchmarks/demo_probe.py RUN_DIR [--num_clips 16] [--logsnr -7,-5,-3,0,3,6] [--raw]
-                                             [--round_trip 4,8,16,24]
+                                             [--round_trip 4,8,16,24] [--split train]
 
-For the first clips of the run's evaluation split, the predicted frames are noised to a fixed
+For the first clips of the run's evaluation split (or of --split), the predicted frames are noised to a fixed
 logSNR λ (the conditioning frames stay clean, as in training and sampling) and the network's x̂
 comes from one call. The table gives x̂'s mean squared error (pixels in [−1, 1]) on the first
 predicted frame and over all predicted frames, beside copying the last given frame forward. Where
@@ -33,7 +33,7 @@ import numpy as np
 
 
 def probe(run_dir: str, *, num_clips: int = 16, logsnrs=(-7, -5, -3, 0, 3, 6), ema: bool = True,
-          seed: int = 1) -> dict:
+          seed: int = 1, split: str | None = None) -> dict:
     """{'step', 'num_clips', 'rows': [{'logsnr', 'first', 'all', 'history'}],
     'copy_last_frame': {'first', 'all'}}."""
     import jax
@@ -47,7 +47,7 @@ def probe(run_dir: str, *, num_clips: int = 16, logsnrs=(-7, -5, -3, 0, 3, 6), e
     c = int(cfg.data.num_cond_frames)
     if not cfg.model.get("frame_conditioning") or c < 1:
         raise SystemExit(f"demo_probe: {run_dir} is not a frame-prediction run (no conditioning frames)")
-    it = pipeline.make_eval_iterator(cfg.data, batch_size=num_clips)
+    it = pipeline.make_eval_iterator(cfg.data, batch_size=num_clips, split=split)
     batch = next(it)
     del it  # its prefetch thread stops now, not at interpreter exit
     keep = np.asarray(batch["mask"], bool)
@@ -81,8 +81,8 @@ def probe(run_dir: str, *, num_clips: int = 16, logsnrs=(-7, -5, -3, 0, 3, 6), e
 
 
 def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24), ema: bool = True,
-               seed: int = 1, repeats: int = 2) -> dict:
-    """{'step', 'num_clips', 'method', 'num_steps', 'rows': [{'start_step', 'logsnr', 'mse',
+               seed: int = 1, repeats: int = 2, split: str | None = None) -> dict:
+    """{'step', 'num_clips', 'split', 'method', 'num_steps', 'rows': [{'start_step', 'logsnr', 'mse',
     'recognised'}], 'recognised_in_truth'}: the run's sampler from the true predicted frames diffused
     to step K's logSNR, for each K in `start_steps`, averaged over `repeats` noise draws. The
     recognised shares are None where the data has no saved digit classes."""
@@ -105,7 +105,8 @@ def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24),
     if bad:
         raise SystemExit(f"demo_probe: --round_trip steps {bad} are outside [0, {sampler.num_steps}] "
                          "(the run's config.sampler.num_steps)")
-    it = pipeline.make_eval_iterator(cfg.data, batch_size=num_clips)
+    split = split or sources.eval_split(cfg.data)
+    it = pipeline.make_eval_iterator(cfg.data, batch_size=num_clips, split=split)
     batch = next(it)
     keep = np.asarray(batch["mask"], bool)
     truth_BTHWC = np.asarray(batch["video"])[keep]
@@ -123,7 +124,6 @@ def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24),
                                                  z_init=z_init, start_step=k), static_argnums=2)
     clf = classes = None
     data_dir = pathlib.Path(cfg.data.data_dir)
-    split = sources.eval_split(cfg.data)
     if (data_dir / "ground_truth" / f"{split}.json").exists() and (data_dir / "ground_truth" / "train.json").exists():
         clf = demo.clip_digit_classifier(cfg.data, seed)
         classes = demo._clip_classes(data_dir, split, keys)
@@ -144,13 +144,13 @@ def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24),
         rows.append({"start_step": k, "logsnr": logsnr, "mse": float(np.mean(mse)),
                      "recognised": float(np.mean(hits)) if hits else None})
     in_truth = float(demo.recognised(clf, truth_BTHWC[:, c:], classes).mean()) if clf is not None else None
-    return {"step": int(step), "num_clips": int(b), "method": sampler.method, "num_steps": sampler.num_steps,
-            "rows": rows, "recognised_in_truth": in_truth}
+    return {"step": int(step), "num_clips": int(b), "split": split, "method": sampler.method,
+            "num_steps": sampler.num_steps, "rows": rows, "recognised_in_truth": in_truth}
 
 
 def round_trip_table(result: dict) -> str:
     lines = [f"{result['method']} from the truth diffused to step K of {result['num_steps']}, step "
-             f"{result['step']}, {result['num_clips']} held-out clips",
+             f"{result['step']}, {result['num_clips']} clips of {result['split']}",
              "| K | logSNR | mean squared error | clip's digit recognised |", "|---|---|---|---|"]
     share = lambda v: "n/a" if v is None else f"{v:.3f}"
     lines += [f"| {r['start_step']} | {r['logsnr']:+.2f} | {r['mse']:.4f} | {share(r['recognised'])} |"
@@ -190,6 +190,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--raw", action="store_true", help="the raw parameters instead of the EMA")
     parser.add_argument("--round_trip", default=None, metavar="K,...",
                         help="also run the sampler from the truth diffused to these of its steps")
+    parser.add_argument("--split", default=None, help="the clips' split (default: the run's evaluation split)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.num_clips < 1:
@@ -202,10 +203,11 @@ def main(argv: list[str]) -> int:
         starts = [int(v) for v in args.round_trip.split(",")] if args.round_trip else []
     except ValueError:
         parser.error(f"--round_trip {args.round_trip!r} must be comma-separated step numbers")
-    result = probe(args.run_dir, num_clips=args.num_clips, logsnrs=logsnrs, ema=not args.raw)
+    result = probe(args.run_dir, num_clips=args.num_clips, logsnrs=logsnrs, ema=not args.raw, split=args.split)
     print(table(result))
     if starts:
-        result["round_trip"] = round_trip(args.run_dir, num_clips=args.num_clips, start_steps=starts, ema=not args.raw)
+        result["round_trip"] = round_trip(args.run_dir, num_clips=args.num_clips, start_steps=starts, ema=not args.raw,
+                                          split=args.split)
         print(round_trip_table(result["round_trip"]))
     if args.json:
         with open(args.json, "w") as f:

@@ -161,7 +161,7 @@ def test_probe_table_of_a_demo_run(video_demo):
     # included (K = N: only the final x̂, from the truth at the highest logSNR).
     n = int(cfg.sampler.num_steps)
     trip = demo_probe.round_trip(str(video_demo / "run"), num_clips=4, start_steps=(0, n), repeats=1)
-    assert [r["start_step"] for r in trip["rows"]] == [0, n] and trip["num_steps"] == n
+    assert [r["start_step"] for r in trip["rows"]] == [0, n] and trip["num_steps"] == n and trip["split"] == "val"
     assert trip["rows"][0]["logsnr"] < trip["rows"][1]["logsnr"]
     for row in trip["rows"]:
         assert row["mse"] == pytest.approx(power_T.mean(), rel=0.05)
