@@ -126,7 +126,7 @@ def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24),
     data_dir = pathlib.Path(cfg.data.data_dir)
     if (data_dir / "ground_truth" / f"{split}.json").exists() and (data_dir / "ground_truth" / "train.json").exists():
         clf = demo.clip_digit_classifier(cfg.data, seed)
-        classes = demo._clip_classes(data_dir, split, keys)
+        classes = demo.clip_classes(data_dir, split, keys)
     rows = []
     for k in start_steps:
         k = int(k)

@@ -224,7 +224,7 @@ def _score_predictions(result: dict, clips: _Predictions, where_BT2: np.ndarray)
     return per_frame
 
 
-def _clip_classes(data_dir: pathlib.Path, split: str, keys: list[str]) -> np.ndarray:
+def clip_classes(data_dir: pathlib.Path, split: str, keys: list[str]) -> np.ndarray:
     """The digit class of each named clip of `split`, from the saved ground truth."""
     from sid2video.data import synthetic
 
@@ -238,7 +238,7 @@ def _score_recognition(result: dict, per_frame: dict, clips: _Predictions, confi
     the training clips: the share of predicted frames it assigns to the clip's class, per row, into
     `result` (and per frame into `per_frame`); its share on the true frames says what it can read."""
     clf = clip_digit_classifier(config.data, seed)
-    classes = _clip_classes(data_dir, "test", clips.keys)
+    classes = clip_classes(data_dir, "test", clips.keys)
     c = clips.num_cond
     for name in ("truth", "model", "copy_last_frame"):
         hit_BT = recognised(clf, clips.videos[name][:, c:], classes)
@@ -263,7 +263,7 @@ def clip_digit_classifier(data_cfg, seed: int):
         videos.append(np.asarray(batch["video"])[keep])
         indices += np.asarray(batch["index"])[keep].tolist()
     train_BTHWC = np.concatenate(videos)
-    train_classes = _clip_classes(data_dir, "train", [it.keys[i] for i in indices])
+    train_classes = clip_classes(data_dir, "train", [it.keys[i] for i in indices])
     t = train_BTHWC.shape[1]
     return _digit_classifier(train_BTHWC.reshape(-1, *train_BTHWC.shape[2:]), np.repeat(train_classes, t), seed)
 

@@ -206,7 +206,7 @@ def test_recognition_reads_the_clips_digit(tmp_path):
     truth = np.asarray(batch["video"])
     keys = [it.keys[i] for i in np.asarray(batch["index"])]
     other = np.roll(truth, 8, axis=0)  # clips come in class order: half a turn pairs other digits
-    classes = demo._clip_classes(tmp_path, "test", keys)
+    classes = demo.clip_classes(tmp_path, "test", keys)
     assert (classes != np.roll(classes, 8)).all()
     clips = demo._Predictions({"truth": truth, "model": truth, "copy_last_frame": other}, 5, keys,
                               np.asarray(batch["start"]), 0, {})

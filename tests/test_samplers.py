@@ -257,10 +257,15 @@ def test_a_chain_started_midway_continues_the_full_chain():
         lt, ls = lam((n - k) / n), lam((n - k - 1) / n)
         x_hat = jnp.clip(mixture_denoiser(z, lt), -1.0, 1.0)
         z = samplers.ddpm_step(z, x_hat, lt, ls, jax.random.normal(jax.random.fold_in(step_key, k), shape), 0.3)
+    # a numpy integer counts as a step number too
+    np.testing.assert_allclose(np.asarray(samplers.sample(mixture_denoiser, rng, shape, schedule=SCHEDULE, num_steps=n,
+                                                          z_init=z, start_step=np.int64(n))), full, atol=1e-6)
     # the chain moves: a start one step later from the initial state is another sample
     assert np.abs(np.asarray(run(z0, 1)) - full).max() > 1e-3
     with pytest.raises(ValueError, match="needs z_init"):
         samplers.sample(mixture_denoiser, rng, shape, schedule=SCHEDULE, num_steps=n, start_step=2)
+    with pytest.raises(ValueError, match="start_step=True"):
+        samplers.sample(mixture_denoiser, rng, shape, schedule=SCHEDULE, num_steps=n, z_init=z0, start_step=True)
     with pytest.raises(ValueError, match="start_step=9"):
         samplers.sample(mixture_denoiser, rng, shape, schedule=SCHEDULE, num_steps=n, z_init=z0, start_step=9)
 

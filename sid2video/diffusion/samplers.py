@@ -307,8 +307,10 @@ def sample(predict_x: PredictFn, rng: Array, shape: Sequence[int], *, schedule: 
         raise ValueError(f"shape={shape} needs at least a batch and one more axis")
     if (cond is None) != (cond_mask is None):
         raise ValueError("frame conditioning needs both cond and cond_mask (or neither)")
-    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step <= num_steps:
+    if isinstance(start_step, bool) or not isinstance(start_step, numbers.Integral) \
+            or not 0 <= start_step <= num_steps:
         raise ValueError(f"start_step={start_step!r} must be an integer in [0, num_steps={num_steps}]")
+    start_step = int(start_step)
     if start_step and z_init is None:
         raise ValueError(f"start_step={start_step} needs z_init, the state at t = 1 - start_step/num_steps")
     batch = shape[0]
