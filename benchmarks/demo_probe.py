@@ -32,6 +32,33 @@ import sys
 import numpy as np
 
 
+class _RunClips:
+    """A frame-prediction run's network (EMA or raw), its config and step, and the first `num_clips`
+    clips of `split` (default: the run's evaluation split): uint8 `truth_BTHWC`, their `keys`, in
+    [-1, 1] as `x_BTHWC`, and the conditioning mask `mask_BT` of the run's given frames."""
+
+    def __init__(self, run_dir: str, *, num_clips: int, ema: bool, split: str | None):
+        import jax.numpy as jnp
+
+        from sid2video import checkpoint
+        from sid2video.data import pipeline, sources
+        from sid2video.diffusion import conditioning
+
+        self.model, self.cfg, self.step = checkpoint.load_model(run_dir, ema=ema)
+        self.num_cond = int(self.cfg.data.num_cond_frames)
+        if not self.cfg.model.get("frame_conditioning") or self.num_cond < 1:
+            raise SystemExit(f"demo_probe: {run_dir} is not a frame-prediction run (no conditioning frames)")
+        self.split = split or sources.eval_split(self.cfg.data)
+        it = pipeline.make_eval_iterator(self.cfg.data, batch_size=num_clips, split=self.split)
+        batch = next(it)
+        keep = np.asarray(batch["mask"], bool)
+        self.truth_BTHWC = np.asarray(batch["video"])[keep]
+        self.keys = [it.keys[i] for i in np.asarray(batch["index"])[keep]]
+        del it  # its prefetch thread stops now, not at interpreter exit
+        self.x_BTHWC = conditioning.to_unit(jnp.asarray(self.truth_BTHWC))
+        self.mask_BT = conditioning.cond_mask(*self.x_BTHWC.shape[:2], self.num_cond)
+
+
 def probe(run_dir: str, *, num_clips: int = 16, logsnrs=(-7, -5, -3, 0, 3, 6), ema: bool = True,
           seed: int = 1, split: str | None = None) -> dict:
     """{'step', 'num_clips', 'rows': [{'logsnr', 'first', 'all', 'history'}],
@@ -39,21 +66,11 @@ def probe(run_dir: str, *, num_clips: int = 16, logsnrs=(-7, -5, -3, 0, 3, 6), e
     import jax
     import jax.numpy as jnp
 
-    from sid2video import checkpoint
-    from sid2video.data import pipeline
-    from sid2video.diffusion import conditioning, parametrization
+    from sid2video.diffusion import parametrization
 
-    model, cfg, step = checkpoint.load_model(run_dir, ema=ema)
-    c = int(cfg.data.num_cond_frames)
-    if not cfg.model.get("frame_conditioning") or c < 1:
-        raise SystemExit(f"demo_probe: {run_dir} is not a frame-prediction run (no conditioning frames)")
-    it = pipeline.make_eval_iterator(cfg.data, batch_size=num_clips, split=split)
-    batch = next(it)
-    del it  # its prefetch thread stops now, not at interpreter exit
-    keep = np.asarray(batch["mask"], bool)
-    x_BTHWC = conditioning.to_unit(jnp.asarray(np.asarray(batch["video"])[keep]))
+    run = _RunClips(run_dir, num_clips=num_clips, ema=ema, split=split)
+    model, cfg, step, c, x_BTHWC, mask_BT = run.model, run.cfg, run.step, run.num_cond, run.x_BTHWC, run.mask_BT
     b, t = x_BTHWC.shape[:2]
-    mask_BT = conditioning.cond_mask(b, t, c)
     given = (jnp.arange(t) < c)[None, :, None, None, None]
     eps = jax.random.normal(jax.random.PRNGKey(seed), x_BTHWC.shape)
 
@@ -91,30 +108,18 @@ def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24),
     import jax
     import jax.numpy as jnp
 
-    from sid2video import checkpoint, demo, sample
-    from sid2video.data import pipeline, sources
+    from sid2video import demo, sample
     from sid2video.diffusion import conditioning, parametrization, samplers, schedules
 
-    model, cfg, step = checkpoint.load_model(run_dir, ema=ema)
-    c = int(cfg.data.num_cond_frames)
-    if not cfg.model.get("frame_conditioning") or c < 1:
-        raise SystemExit(f"demo_probe: {run_dir} is not a frame-prediction run (no conditioning frames)")
+    clips = _RunClips(run_dir, num_clips=num_clips, ema=ema, split=split)
+    model, cfg, c, x_BTHWC, mask_BT = clips.model, clips.cfg, clips.num_cond, clips.x_BTHWC, clips.mask_BT
     schedule = schedules.from_config(cfg.schedule)
     sampler = samplers.from_config(sample.sampler_settings(cfg, guidance=0.0, guidance_interval=None), schedule)
     bad = [k for k in start_steps if not 0 <= int(k) <= sampler.num_steps]
     if bad:
         raise SystemExit(f"demo_probe: --round_trip steps {bad} are outside [0, {sampler.num_steps}] "
                          "(the run's config.sampler.num_steps)")
-    split = split or sources.eval_split(cfg.data)
-    it = pipeline.make_eval_iterator(cfg.data, batch_size=num_clips, split=split)
-    batch = next(it)
-    keep = np.asarray(batch["mask"], bool)
-    truth_BTHWC = np.asarray(batch["video"])[keep]
-    keys = [it.keys[i] for i in np.asarray(batch["index"])[keep]]
-    del it
-    x_BTHWC = conditioning.to_unit(jnp.asarray(truth_BTHWC))
-    b, t = x_BTHWC.shape[:2]
-    mask_BT = conditioning.cond_mask(b, t, c)
+    b = x_BTHWC.shape[0]
 
     def predict_x(z, logsnr_B):
         out = model(z, logsnr_B, cond=x_BTHWC, cond_mask=mask_BT)
@@ -124,9 +129,9 @@ def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24),
                                                  z_init=z_init, start_step=k), static_argnums=2)
     clf = classes = None
     data_dir = pathlib.Path(cfg.data.data_dir)
-    if (data_dir / "ground_truth" / f"{split}.json").exists() and (data_dir / "ground_truth" / "train.json").exists():
+    if (data_dir / "ground_truth" / f"{clips.split}.json").exists() and (data_dir / "ground_truth" / "train.json").exists():
         clf = demo.clip_digit_classifier(cfg.data, seed)
-        classes = demo.clip_classes(data_dir, split, keys)
+        classes = demo.clip_classes(data_dir, clips.split, clips.keys)
     rows = []
     for k in start_steps:
         k = int(k)
@@ -139,12 +144,11 @@ def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24),
             out = run(z, chain_key, k)
             mse.append(float(jnp.mean(jnp.square(out - x_BTHWC)[:, c:])))
             if clf is not None:
-                u8 = np.asarray(jnp.round((jnp.clip(out, -1.0, 1.0) + 1.0) * 127.5)).astype(np.uint8)
-                hits.append(demo.recognised(clf, u8[:, c:], classes).mean())
+                hits.append(demo.recognised(clf, np.asarray(conditioning.to_uint8(out))[:, c:], classes).mean())
         rows.append({"start_step": k, "logsnr": logsnr, "mse": float(np.mean(mse)),
                      "recognised": float(np.mean(hits)) if hits else None})
-    in_truth = float(demo.recognised(clf, truth_BTHWC[:, c:], classes).mean()) if clf is not None else None
-    return {"step": int(step), "num_clips": int(b), "split": split, "method": sampler.method,
+    in_truth = float(demo.recognised(clf, clips.truth_BTHWC[:, c:], classes).mean()) if clf is not None else None
+    return {"step": int(clips.step), "num_clips": int(b), "split": clips.split, "method": sampler.method,
             "num_steps": sampler.num_steps, "rows": rows, "recognised_in_truth": in_truth}
 
 
