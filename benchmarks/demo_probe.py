@@ -60,15 +60,16 @@ class _RunClips:
 
 
 def probe(run_dir: str, *, num_clips: int = 16, logsnrs=(-7, -5, -3, 0, 3, 6), ema: bool = True,
-          seed: int = 1, split: str | None = None) -> dict:
+          seed: int = 1, split: str | None = None, clips: _RunClips | None = None) -> dict:
     """{'step', 'num_clips', 'rows': [{'logsnr', 'first', 'all', 'history'}],
-    'copy_last_frame': {'first', 'all'}}."""
+    'copy_last_frame': {'first', 'all'}}. `clips`: the run and clips already loaded (then
+    `num_clips`, `ema` and `split` are theirs)."""
     import jax
     import jax.numpy as jnp
 
     from sid2video.diffusion import parametrization
 
-    run = _RunClips(run_dir, num_clips=num_clips, ema=ema, split=split)
+    run = clips or _RunClips(run_dir, num_clips=num_clips, ema=ema, split=split)
     model, cfg, step, c, x_BTHWC, mask_BT = run.model, run.cfg, run.step, run.num_cond, run.x_BTHWC, run.mask_BT
     b, t = x_BTHWC.shape[:2]
     given = (jnp.arange(t) < c)[None, :, None, None, None]
@@ -98,11 +99,11 @@ def probe(run_dir: str, *, num_clips: int = 16, logsnrs=(-7, -5, -3, 0, 3, 6), e
 
 
 def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24), ema: bool = True,
-               seed: int = 1, repeats: int = 2, split: str | None = None) -> dict:
+               seed: int = 1, repeats: int = 2, split: str | None = None, clips: _RunClips | None = None) -> dict:
     """{'step', 'num_clips', 'split', 'method', 'num_steps', 'rows': [{'start_step', 'logsnr', 'mse',
     'recognised'}], 'recognised_in_truth'}: the run's sampler from the true predicted frames diffused
     to step K's logSNR, for each K in `start_steps`, averaged over `repeats` noise draws. The
-    recognised shares are None where the data has no saved digit classes."""
+    recognised shares are None where the data has no saved digit classes. `clips` as for `probe`."""
     import pathlib
 
     import jax
@@ -111,7 +112,7 @@ def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24),
     from sid2video import demo, sample
     from sid2video.diffusion import conditioning, parametrization, samplers, schedules
 
-    clips = _RunClips(run_dir, num_clips=num_clips, ema=ema, split=split)
+    clips = clips or _RunClips(run_dir, num_clips=num_clips, ema=ema, split=split)
     model, cfg, c, x_BTHWC, mask_BT = clips.model, clips.cfg, clips.num_cond, clips.x_BTHWC, clips.mask_BT
     schedule = schedules.from_config(cfg.schedule)
     sampler = samplers.from_config(sample.sampler_settings(cfg, guidance=0.0, guidance_interval=None), schedule)
@@ -207,11 +208,11 @@ def main(argv: list[str]) -> int:
         starts = [int(v) for v in args.round_trip.split(",")] if args.round_trip else []
     except ValueError:
         parser.error(f"--round_trip {args.round_trip!r} must be comma-separated step numbers")
-    result = probe(args.run_dir, num_clips=args.num_clips, logsnrs=logsnrs, ema=not args.raw, split=args.split)
+    clips = _RunClips(args.run_dir, num_clips=args.num_clips, ema=not args.raw, split=args.split)
+    result = probe(args.run_dir, logsnrs=logsnrs, clips=clips)
     print(table(result))
     if starts:
-        result["round_trip"] = round_trip(args.run_dir, num_clips=args.num_clips, start_steps=starts, ema=not args.raw,
-                                          split=args.split)
+        result["round_trip"] = round_trip(args.run_dir, start_steps=starts, clips=clips)
         print(round_trip_table(result["round_trip"]))
     if args.json:
         with open(args.json, "w") as f:
