@@ -101,7 +101,8 @@ def probe(run_dir: str, *, num_clips: int = 16, logsnrs=(-7, -5, -3, 0, 3, 6), e
 def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24), ema: bool = True,
                seed: int = 1, repeats: int = 2, split: str | None = None, clips: _RunClips | None = None) -> dict:
     """{'step', 'num_clips', 'split', 'method', 'num_steps', 'rows': [{'start_step', 'logsnr', 'mse',
-    'recognised'}], 'recognised_in_truth'}: the run's sampler from the true predicted frames diffused
+    'recognised', 'recognised_by_frame'}], 'recognised_in_truth', 'recognised_in_truth_by_frame'}: the
+    run's sampler from the true predicted frames diffused
     to step K's logSNR, for each K in `start_steps`, averaged over `repeats` noise draws. The
     recognised shares are None where the data has no saved digit classes. `clips` as for `probe`."""
     import pathlib
@@ -145,22 +146,29 @@ def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24),
             out = run(z, chain_key, k)
             mse.append(float(jnp.mean(jnp.square(out - x_BTHWC)[:, c:])))
             if clf is not None:
-                hits.append(demo.recognised(clf, np.asarray(conditioning.to_uint8(out))[:, c:], classes).mean())
+                hits.append(demo.recognised(clf, np.asarray(conditioning.to_uint8(out))[:, c:], classes).mean(0))
+        by_frame = np.mean(hits, axis=0) if hits else None  # [predicted frames]
         rows.append({"start_step": k, "logsnr": logsnr, "mse": float(np.mean(mse)),
-                     "recognised": float(np.mean(hits)) if hits else None})
-    in_truth = float(demo.recognised(clf, clips.truth_BTHWC[:, c:], classes).mean()) if clf is not None else None
+                     "recognised": float(by_frame.mean()) if hits else None,
+                     "recognised_by_frame": by_frame.tolist() if hits else None})
+    truth_by_frame = demo.recognised(clf, clips.truth_BTHWC[:, c:], classes).mean(0) if clf is not None else None
     return {"step": int(clips.step), "num_clips": int(b), "split": clips.split, "method": sampler.method,
-            "num_steps": sampler.num_steps, "rows": rows, "recognised_in_truth": in_truth}
+            "num_steps": sampler.num_steps, "rows": rows,
+            "recognised_in_truth": float(truth_by_frame.mean()) if clf is not None else None,
+            "recognised_in_truth_by_frame": truth_by_frame.tolist() if clf is not None else None}
 
 
 def round_trip_table(result: dict) -> str:
     lines = [f"{result['method']} from the truth diffused to step K of {result['num_steps']}, step "
              f"{result['step']}, {result['num_clips']} clips of {result['split']}",
-             "| K | logSNR | mean squared error | clip's digit recognised |", "|---|---|---|---|"]
+             "| K | logSNR | mean squared error | clip's digit recognised | in the first / last predicted frame |",
+             "|---|---|---|---|---|"]
     share = lambda v: "n/a" if v is None else f"{v:.3f}"
-    lines += [f"| {r['start_step']} | {r['logsnr']:+.2f} | {r['mse']:.4f} | {share(r['recognised'])} |"
-              for r in result["rows"]]
-    lines.append(f"| true frames | | 0 | {share(result['recognised_in_truth'])} |")
+    ends = lambda v: "n/a" if v is None else f"{v[0]:.3f} / {v[-1]:.3f}"
+    lines += [f"| {r['start_step']} | {r['logsnr']:+.2f} | {r['mse']:.4f} | {share(r['recognised'])} | "
+              f"{ends(r['recognised_by_frame'])} |" for r in result["rows"]]
+    lines.append(f"| true frames | | 0 | {share(result['recognised_in_truth'])} | "
+                 f"{ends(result['recognised_in_truth_by_frame'])} |")
     return "\n".join(lines)
 
 

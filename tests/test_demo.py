@@ -166,7 +166,10 @@ def test_probe_table_of_a_demo_run(video_demo):
     for row in trip["rows"]:
         assert row["mse"] == pytest.approx(power_T.mean(), rel=0.05)
         assert 0.0 <= row["recognised"] <= 1.0
-    assert trip["recognised_in_truth"] is not None
+        # one share per predicted frame, whose mean is the row's share
+        assert len(row["recognised_by_frame"]) == cfg.data.num_frames - cfg.data.num_cond_frames
+        assert np.mean(row["recognised_by_frame"]) == pytest.approx(row["recognised"])
+    assert trip["recognised_in_truth"] == pytest.approx(np.mean(trip["recognised_in_truth_by_frame"]))
     assert "| true frames |" in demo_probe.round_trip_table(trip)
     with pytest.raises(SystemExit, match="outside"):
         demo_probe.round_trip(str(video_demo / "run"), num_clips=4, start_steps=(n + 1,))
