@@ -102,9 +102,9 @@ def round_trip(run_dir: str, *, num_clips: int = 16, start_steps=(4, 8, 16, 24),
                seed: int = 1, repeats: int = 2, split: str | None = None, clips: _RunClips | None = None) -> dict:
     """{'step', 'num_clips', 'split', 'method', 'num_steps', 'rows': [{'start_step', 'logsnr', 'mse',
     'recognised', 'recognised_by_frame'}], 'recognised_in_truth', 'recognised_in_truth_by_frame'}: the
-    run's sampler from the true predicted frames diffused
-    to step K's logSNR, for each K in `start_steps`, averaged over `repeats` noise draws. The
-    recognised shares are None where the data has no saved digit classes. `clips` as for `probe`."""
+    run's sampler from the true predicted frames diffused to step K's logSNR, for each K in
+    `start_steps`, averaged over `repeats` noise draws. The recognised shares are None where the data
+    has no saved digit classes. `clips` as for `probe`."""
     import pathlib
 
     import jax
